@@ -1,0 +1,153 @@
+"""Settings: defaults < TOML file (`--config`) < `IOTGATE_*` environment < command-line flags.
+
+Every field of `Settings` is settable in all three places: the TOML key and the flag are the
+field name (`device_port` / `--device-port`), the variable is `IOTGATE_` + the upper-cased name.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+SECRET_FIELDS = frozenset({"admin_key", "master_key", "database"})
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    data_dir: str = "./iotgate-data"
+    database: str = ""  # empty: SQLite file in the data dir; or postgresql://...
+    node_id: int = 0  # 0..1023, part of every message ID; give each node sharing a database its own
+
+    device_host: str = "0.0.0.0"
+    device_port: int = 8443
+    device_plain_http: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_profile: str = "compat"  # compat: also static-RSA AES-CBC suites for Alibaba's C SDK; modern: ECDHE+AEAD
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 8080
+    admin_key: str = ""
+    master_key: str = ""
+
+    # ingest: group commit
+    commit_max_reports: int = 1000
+    commit_max_delay_ms: float = 2.0
+    sqlite_synchronous: str = "FULL"
+
+    # tokens
+    alink_token_ttl_s: int = 7 * 24 * 3600
+    iotda_token_ttl_s: int = 24 * 3600
+    iotda_reauth_grace_s: int = 30
+    iotda_timestamp_skew_s: int = 3600
+    alink_timestamp_skew_s: int = 15 * 60
+
+    # limits
+    device_rate_per_s: float = 1000.0
+    device_rate_burst: int = 2000
+    max_connections_per_ip: int = 20000
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 300.0
+    max_header_bytes: int = 16384
+    registry_poll_s: float = 2.0
+
+    log_level: str = "info"
+    access_log: bool = False
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def masked(self) -> dict[str, Any]:
+        """The effective settings with secrets hidden (for `iotgate config show`)."""
+        out = msgspec.structs.asdict(self)
+        for name in SECRET_FIELDS:
+            value = out.get(name)
+            if value and not (name == "database" and "://" not in str(value)):
+                out[name] = _mask(str(value))
+        return out
+
+
+def _mask(value: str) -> str:
+    if "://" in value and "@" in value:  # keep the host of a database URL, hide its credentials
+        scheme, rest = value.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return "***" if value else ""
+
+
+def field_names() -> list[str]:
+    return list(Settings.__struct_fields__)
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    default = getattr(Settings(), name)
+    if isinstance(default, bool):
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{name}: expected a boolean, got {raw!r}")
+    if isinstance(default, int):
+        try:
+            return int(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected an integer, got {raw!r}") from None
+    if isinstance(default, float):
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected a number, got {raw!r}") from None
+    return str(raw)
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None,
+    config_file: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the layers; unknown keys in the TOML file are an error, not silently ignored."""
+    values: dict[str, Any] = {}
+    names = set(field_names())
+    if config_file:
+        with open(config_file, "rb") as fh:
+            doc = tomllib.load(fh)
+        section = doc.get("iotgate", doc)
+        for key, raw in section.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                raise ValueError(f"{config_file}: unknown setting {key!r}")
+            values[name] = _coerce(name, raw)
+    env = os.environ if environ is None else environ
+    for name in names:
+        raw = env.get("IOTGATE_" + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+    for name, raw in (overrides or {}).items():
+        if raw is not None:
+            values[name] = _coerce(name, raw)
+    settings = Settings(**values)
+    validate_settings(settings)
+    return settings
+
+
+def validate_settings(s: Settings) -> None:
+    if s.tls_profile not in {"compat", "modern"}:
+        raise ValueError("tls_profile: expected 'compat' or 'modern'")
+    if bool(s.tls_cert) != bool(s.tls_key):
+        raise ValueError("tls_cert and tls_key must be given together")
+    if not 0 <= s.node_id <= 1023:
+        raise ValueError("node_id: expected 0..1023")
+    if s.sqlite_synchronous.upper() not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+        raise ValueError("sqlite_synchronous: expected OFF, NORMAL, FULL or EXTRA")
+    if s.commit_max_reports < 1 or s.commit_max_delay_ms < 0:
+        raise ValueError("commit_max_reports must be ≥ 1 and commit_max_delay_ms ≥ 0")
+    for port in (s.device_port, s.admin_port):
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} out of range")

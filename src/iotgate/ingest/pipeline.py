@@ -1,0 +1,100 @@
+"""Group commit: reports gather while the previous batch commits; callers wake after COMMIT.
+
+A report is acknowledged to its device only when the future returned by `submit` resolves,
+which happens after the batch holding it is durable (ThingsBoard's ack-after-queue, with the
+database itself as the queue).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from iotgate.storage.base import Record, Storage
+
+log = logging.getLogger("iotgate.ingest")
+
+CommitHook = Callable[[list[Record]], None]
+BatchEnricher = Callable[[list[Record]], Awaitable[None] | None]
+
+
+class ShuttingDown(Exception):
+    """The pipeline no longer accepts reports."""
+
+
+class Ingestor:
+    def __init__(self, storage: Storage, max_reports: int = 1000, max_delay_ms: float = 2.0) -> None:
+        self.storage = storage
+        self.max_reports = max_reports
+        self.max_delay = max_delay_ms / 1000
+        self._pending: list[tuple[Record, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._full = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self.after_commit: list[CommitHook] = []
+        self.batches = 0
+        self.committed = 0
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest-writer")
+
+    def submit(self, record: Record) -> asyncio.Future[None]:
+        if self._closing:
+            raise ShuttingDown("server is shutting down")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record, fut))
+        self._wake.set()
+        if len(self._pending) >= self.max_reports:
+            self._full.set()
+        return fut
+
+    async def commit(self, record: Record) -> None:
+        await self.submit(record)
+
+    async def stop(self) -> None:
+        """Refuse new reports, flush what is pending, then end."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if self.max_delay > 0 and len(self._pending) < self.max_reports and not self._closing:
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), self.max_delay)
+                except TimeoutError:
+                    pass
+            batch = self._pending[: self.max_reports]
+            del self._pending[: self.max_reports]
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[tuple[Record, asyncio.Future[None]]]) -> None:
+        records = [r for r, _ in batch]
+        try:
+            await self.storage.write_batch(records)
+        except Exception as exc:  # the database failed: every caller in the batch learns it
+            log.error("commit of %d reports failed: %s", len(records), exc)
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(exc)
+            return
+        self.batches += 1
+        self.committed += len(records)
+        for _, fut in batch:
+            if not fut.done():
+                fut.set_result(None)
+        for hook in self.after_commit:
+            try:
+                hook(records)
+            except Exception:  # a broken observer must never undo an acknowledged commit
+                log.exception("after-commit hook failed")

@@ -1,0 +1,177 @@
+"""The storage interface: one contract, an SQLite and a PostgreSQL implementation.
+
+Everything is async for the caller. Ingest writes arrive as whole batches (`write_batch`) so
+that each backend can commit them in one transaction (group commit).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+import msgspec
+
+
+class Conflict(Exception):
+    """A unique key already exists, or a row is still referenced."""
+
+
+class ProductRow(msgspec.Struct, kw_only=True):
+    product_key: str
+    name: str
+    node_type: str
+    data_format: str
+    auth_type: str
+    description: str = ""
+    rate_per_s: float | None = None
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class DeviceRow(msgspec.Struct, kw_only=True):
+    id: int
+    product_key: str
+    device_name: str
+    secret: str  # plain text here; encryption at rest happens in the backend
+    enabled: bool = True
+    generation: int = 1
+    gateway_id: int | None = None
+    nickname: str = ""
+    token_epoch_ms: int = 0  # newest IoTDA token issue time (30 s overlap rule)
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class ModelVersionRow(msgspec.Struct, kw_only=True):
+    product_key: str
+    version: int
+    document: dict[str, Any]
+    published_at: int
+
+
+class Record(msgspec.Struct, kw_only=True, array_like=True):
+    """One accepted (or rejected) device report, ready to commit.
+
+    kind: "property" (values is a dict identifier -> value), "event", "message" (raw topic
+    or messages/up), "deviceinfo", "ota", "rejected" (detail holds the reason).
+    """
+
+    message_id: int
+    device_id: int
+    kind: str
+    ts: int  # event time, ms
+    received_at: int  # server time, ms
+    topic: str = ""
+    identifier: str = ""  # event identifier
+    values: dict[str, Any] | None = None
+    payload: bytes = b""
+    detail: str = ""
+
+
+class RegistryEvent(msgspec.Struct, kw_only=True):
+    seq: int
+    device_id: int
+    change: str  # created, deleted, enabled, disabled, secret-reset, token-epoch, updated
+    at: int
+
+
+class Storage(abc.ABC):
+    """Persistence of the registry, thing models and device data."""
+
+    # lifecycle
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+    @abc.abstractmethod
+    async def ping(self) -> bool: ...
+
+    # meta (server keys etc.)
+    @abc.abstractmethod
+    async def get_meta(self, key: str) -> str | None: ...
+    @abc.abstractmethod
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        """Store value unless the key exists; return the stored value (first writer wins)."""
+
+    # products
+    @abc.abstractmethod
+    async def insert_product(self, row: ProductRow) -> None: ...
+    @abc.abstractmethod
+    async def get_product(self, product_key: str) -> ProductRow | None: ...
+    @abc.abstractmethod
+    async def list_products(self, offset: int, limit: int) -> tuple[list[ProductRow], int]: ...
+    @abc.abstractmethod
+    async def update_product(self, product_key: str, fields: dict[str, Any]) -> ProductRow | None: ...
+    @abc.abstractmethod
+    async def delete_product(self, product_key: str) -> bool:
+        """Delete a product without devices; raises Conflict when it has devices."""
+
+    # thing models
+    @abc.abstractmethod
+    async def get_draft(self, product_key: str) -> dict[str, Any] | None: ...
+    @abc.abstractmethod
+    async def put_draft(self, product_key: str, document: dict[str, Any]) -> None: ...
+    @abc.abstractmethod
+    async def publish_model(self, product_key: str, document: dict[str, Any], at: int) -> int:
+        """Freeze a document as the next version; return the version number."""
+    @abc.abstractmethod
+    async def get_model_version(self, product_key: str, version: int | None) -> ModelVersionRow | None:
+        """A version, or the newest when version is None."""
+    @abc.abstractmethod
+    async def list_model_versions(self, product_key: str) -> list[tuple[int, int]]: ...
+
+    # devices
+    @abc.abstractmethod
+    async def insert_devices(self, rows: list[DeviceRow]) -> list[DeviceRow]:
+        """Insert all or none (Conflict on a duplicate name); ids are assigned."""
+    @abc.abstractmethod
+    async def get_device(self, product_key: str, device_name: str) -> DeviceRow | None: ...
+    @abc.abstractmethod
+    async def get_device_by_id(self, device_id: int) -> DeviceRow | None: ...
+    @abc.abstractmethod
+    async def list_devices(
+        self,
+        product_key: str | None,
+        search: str | None,
+        offset: int,
+        limit: int,
+        gateway_id: int | None = None,
+    ) -> tuple[list[DeviceRow], int]: ...
+    @abc.abstractmethod
+    async def update_device(self, device_id: int, fields: dict[str, Any], change: str) -> DeviceRow | None:
+        """Update columns and log a registry event `change` in the same transaction."""
+    @abc.abstractmethod
+    async def delete_device(self, device_id: int) -> bool:
+        """Delete a device with its data; logs a registry event."""
+    @abc.abstractmethod
+    async def count_devices(self, product_key: str | None = None) -> int: ...
+    @abc.abstractmethod
+    async def registry_events_since(self, seq: int, limit: int = 10000) -> list[RegistryEvent]: ...
+    @abc.abstractmethod
+    async def last_registry_seq(self) -> int: ...
+    @abc.abstractmethod
+    async def log_registry_event(self, device_id: int, change: str) -> None:
+        """Log a change other nodes must see (e.g. `model:<productKey>`)."""
+
+    # ingest
+    @abc.abstractmethod
+    async def write_batch(self, records: list[Record]) -> None:
+        """Commit the records in one durable transaction (history, latest, messages)."""
+
+    # device data
+    @abc.abstractmethod
+    async def latest_values(self, device_id: int) -> dict[str, tuple[Any, int]]:
+        """identifier -> (value, ts)."""
+    @abc.abstractmethod
+    async def property_history(
+        self, device_id: int, identifier: str, since: int, until: int, limit: int
+    ) -> list[tuple[int, Any]]:
+        """(ts, value) newest first."""
+    @abc.abstractmethod
+    async def device_messages(
+        self, device_id: int, kinds: list[str] | None, before_id: int | None, limit: int
+    ) -> list[Record]:
+        """Raw messages, events, rejected reports; newest first."""
+    @abc.abstractmethod
+    async def last_seen(self) -> dict[int, int]:
+        """device_id -> last report time (ms), to rebuild online status on start."""

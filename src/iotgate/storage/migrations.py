@@ -1,0 +1,89 @@
+"""Versioned schema migrations, shared by both backends (portable SQL only).
+
+A migration is never edited once released: add a new entry at the end. The applied version is
+kept in the `meta` table under `schema_version`.
+"""
+
+from __future__ import annotations
+
+# Each entry: list of statements. Types are portable: BIGINT/TEXT/DOUBLE PRECISION work in both,
+# and SQLite maps them onto its storage classes. BYTEA/BLOB differ, so {blob} is substituted.
+MIGRATIONS: list[list[str]] = [
+    [
+        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE products (
+            product_key TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            node_type TEXT NOT NULL,
+            data_format TEXT NOT NULL,
+            auth_type TEXT NOT NULL,
+            description TEXT NOT NULL DEFAULT '',
+            rate_per_s DOUBLE PRECISION,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL)""",
+        """CREATE TABLE model_drafts (
+            product_key TEXT PRIMARY KEY REFERENCES products(product_key) ON DELETE CASCADE,
+            document TEXT NOT NULL,
+            updated_at BIGINT NOT NULL)""",
+        """CREATE TABLE model_versions (
+            product_key TEXT NOT NULL REFERENCES products(product_key) ON DELETE CASCADE,
+            version INTEGER NOT NULL,
+            document TEXT NOT NULL,
+            published_at BIGINT NOT NULL,
+            PRIMARY KEY (product_key, version))""",
+        """CREATE TABLE devices (
+            id {serial} PRIMARY KEY,
+            product_key TEXT NOT NULL REFERENCES products(product_key),
+            device_name TEXT NOT NULL,
+            secret TEXT NOT NULL,
+            enabled BOOLEAN NOT NULL DEFAULT TRUE,
+            generation INTEGER NOT NULL DEFAULT 1,
+            gateway_id BIGINT REFERENCES devices(id) ON DELETE SET NULL,
+            nickname TEXT NOT NULL DEFAULT '',
+            token_epoch_ms BIGINT NOT NULL DEFAULT 0,
+            created_at BIGINT NOT NULL,
+            updated_at BIGINT NOT NULL,
+            UNIQUE (product_key, device_name))""",
+        "CREATE INDEX devices_gateway ON devices (gateway_id)",
+        """CREATE TABLE registry_events (
+            seq {serial} PRIMARY KEY,
+            device_id BIGINT NOT NULL,
+            change TEXT NOT NULL,
+            at BIGINT NOT NULL)""",
+        # One history row per report: a report's values stay together (one insert per report,
+        # not per data point); per-property queries read the device's rows in the time range.
+        """CREATE TABLE history (
+            message_id BIGINT PRIMARY KEY,
+            device_id BIGINT NOT NULL,
+            ts BIGINT NOT NULL,
+            data TEXT NOT NULL)""",
+        "CREATE INDEX history_device_ts ON history (device_id, ts)",
+        """CREATE TABLE latest (
+            device_id BIGINT NOT NULL,
+            identifier TEXT NOT NULL,
+            value TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            message_id BIGINT NOT NULL,
+            PRIMARY KEY (device_id, identifier))""",
+        """CREATE TABLE messages (
+            message_id BIGINT PRIMARY KEY,
+            device_id BIGINT NOT NULL,
+            kind TEXT NOT NULL,
+            ts BIGINT NOT NULL,
+            received_at BIGINT NOT NULL,
+            topic TEXT NOT NULL DEFAULT '',
+            identifier TEXT NOT NULL DEFAULT '',
+            payload {blob} NOT NULL,
+            detail TEXT NOT NULL DEFAULT '')""",
+        "CREATE INDEX messages_device ON messages (device_id, message_id)",
+        """CREATE TABLE device_seen (
+            device_id BIGINT PRIMARY KEY,
+            last_seen BIGINT NOT NULL)""",
+    ],
+]
+
+
+def render(statement: str, dialect: str) -> str:
+    if dialect == "sqlite":
+        return statement.format(serial="INTEGER", blob="BLOB")
+    return statement.format(serial="BIGSERIAL", blob="BYTEA")

@@ -1,0 +1,571 @@
+"""SQLite backend (the embedded default): WAL, one writer thread, a small pool of readers.
+
+Exactly one connection writes, on its own thread, so that ingest batches and admin writes never
+fight over SQLite's single write lock, and the event loop never blocks on fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from iotgate.auth.secretbox import SecretBox
+from iotgate.storage.base import (
+    Conflict,
+    DeviceRow,
+    ModelVersionRow,
+    ProductRow,
+    Record,
+    RegistryEvent,
+    Storage,
+)
+from iotgate.storage.migrations import MIGRATIONS, render
+
+T = TypeVar("T")
+_json_encode = msgspec.json.encode
+_json_decode = msgspec.json.decode
+
+PRODUCT_COLS = "product_key, name, node_type, data_format, auth_type, description, rate_per_s, created_at, updated_at"
+DEVICE_COLS = (
+    "id, product_key, device_name, secret, enabled, generation, gateway_id, nickname, "
+    "token_epoch_ms, created_at, updated_at"
+)
+DEVICE_FIELDS = {"enabled", "generation", "gateway_id", "nickname", "token_epoch_ms", "secret"}
+PRODUCT_FIELDS = {"name", "node_type", "data_format", "auth_type", "description", "rate_per_s"}
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class SqliteStorage(Storage):
+    def __init__(self, path: Path, synchronous: str = "FULL", secret_box: SecretBox | None = None) -> None:
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self.box = secret_box
+        self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader_pool = ThreadPoolExecutor(2, thread_name_prefix="sqlite-reader")
+        self._local = threading.local()
+        self._writer: sqlite3.Connection | None = None
+        self._all_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(f"PRAGMA synchronous={self.synchronous}")
+        con.execute("PRAGMA foreign_keys=ON")
+        con.execute("PRAGMA busy_timeout=30000")
+        con.execute("PRAGMA cache_size=-65536")
+        with self._conns_lock:
+            self._all_conns.append(con)
+        return con
+
+    def _reader(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            con = self._local.con = self._connect()
+        return con
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def run() -> T:
+            assert self._writer is not None
+            return fn(self._writer)
+
+        return await asyncio.get_running_loop().run_in_executor(self._writer_pool, run)
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._reader_pool, lambda: fn(self._reader()))
+
+    @staticmethod
+    def _tx(con: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> T:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(con)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        return result
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+        def setup() -> None:
+            self._writer = self._connect()
+            self._migrate(self._writer)
+
+        await asyncio.get_running_loop().run_in_executor(self._writer_pool, setup)
+
+    def _migrate(self, con: sqlite3.Connection) -> None:
+        con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        current = int(row[0]) if row else 0
+        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+
+            def apply(c: sqlite3.Connection, stmts: list[str] = statements, v: int = version) -> None:
+                for stmt in stmts:
+                    c.execute(render(stmt, "sqlite").replace("CREATE TABLE meta", "CREATE TABLE IF NOT EXISTS meta"))
+                c.execute(
+                    "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (str(v),),
+                )
+
+            self._tx(con, apply)
+
+    async def close(self) -> None:
+        def close_all() -> None:
+            with self._conns_lock:
+                for con in self._all_conns:
+                    try:
+                        con.close()
+                    except sqlite3.Error:
+                        pass
+                self._all_conns.clear()
+
+        self._reader_pool.shutdown(wait=True)
+        await asyncio.get_running_loop().run_in_executor(self._writer_pool, close_all)
+        self._writer_pool.shutdown(wait=True)
+
+    async def ping(self) -> bool:
+        try:
+            return await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
+        except sqlite3.Error:
+            return False
+
+    # -- meta -----------------------------------------------------------------------------
+    async def get_meta(self, key: str) -> str | None:
+        row = await self._read(lambda c: c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone())
+        return row[0] if row else None
+
+    async def set_meta_if_absent(self, key: str, value: str) -> str:
+        def run(c: sqlite3.Connection) -> str:
+            c.execute("INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO NOTHING", (key, value))
+            return str(c.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()[0])
+
+        return await self._write(lambda c: self._tx(c, run))
+
+    # -- products -------------------------------------------------------------------------
+    async def insert_product(self, row: ProductRow) -> None:
+        def run(c: sqlite3.Connection) -> None:
+            try:
+                c.execute(
+                    f"INSERT INTO products({PRODUCT_COLS}) VALUES(?,?,?,?,?,?,?,?,?)",
+                    (
+                        row.product_key,
+                        row.name,
+                        row.node_type,
+                        row.data_format,
+                        row.auth_type,
+                        row.description,
+                        row.rate_per_s,
+                        row.created_at,
+                        row.updated_at,
+                    ),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"product {row.product_key} exists") from exc
+
+        await self._write(run)
+
+    @staticmethod
+    def _product(r: tuple) -> ProductRow:
+        return ProductRow(
+            product_key=r[0],
+            name=r[1],
+            node_type=r[2],
+            data_format=r[3],
+            auth_type=r[4],
+            description=r[5],
+            rate_per_s=r[6],
+            created_at=r[7],
+            updated_at=r[8],
+        )
+
+    async def get_product(self, product_key: str) -> ProductRow | None:
+        r = await self._read(
+            lambda c: c.execute(f"SELECT {PRODUCT_COLS} FROM products WHERE product_key=?", (product_key,)).fetchone()
+        )
+        return self._product(r) if r else None
+
+    async def list_products(self, offset: int, limit: int) -> tuple[list[ProductRow], int]:
+        def run(c: sqlite3.Connection) -> tuple[list[ProductRow], int]:
+            rows = c.execute(
+                f"SELECT {PRODUCT_COLS} FROM products ORDER BY created_at, product_key LIMIT ? OFFSET ?",
+                (limit, offset),
+            ).fetchall()
+            total = c.execute("SELECT COUNT(*) FROM products").fetchone()[0]
+            return [self._product(r) for r in rows], total
+
+        return await self._read(run)
+
+    async def update_product(self, product_key: str, fields: dict[str, Any]) -> ProductRow | None:
+        cols = {k: v for k, v in fields.items() if k in PRODUCT_FIELDS}
+
+        def run(c: sqlite3.Connection) -> tuple | None:
+            if cols:
+                sets = ", ".join(f"{k}=?" for k in cols)
+                c.execute(
+                    f"UPDATE products SET {sets}, updated_at=? WHERE product_key=?",
+                    (*cols.values(), now_ms(), product_key),
+                )
+            return c.execute(f"SELECT {PRODUCT_COLS} FROM products WHERE product_key=?", (product_key,)).fetchone()
+
+        r = await self._write(run)
+        return self._product(r) if r else None
+
+    async def delete_product(self, product_key: str) -> bool:
+        def run(c: sqlite3.Connection) -> bool:
+            if c.execute("SELECT 1 FROM devices WHERE product_key=? LIMIT 1", (product_key,)).fetchone():
+                raise Conflict(f"product {product_key} still has devices; delete them first")
+            return c.execute("DELETE FROM products WHERE product_key=?", (product_key,)).rowcount > 0
+
+        return await self._write(lambda c: self._tx(c, run))
+
+    # -- thing models ---------------------------------------------------------------------
+    async def get_draft(self, product_key: str) -> dict[str, Any] | None:
+        r = await self._read(
+            lambda c: c.execute("SELECT document FROM model_drafts WHERE product_key=?", (product_key,)).fetchone()
+        )
+        return _json_decode(r[0]) if r else None
+
+    async def put_draft(self, product_key: str, document: dict[str, Any]) -> None:
+        doc = _json_encode(document).decode()
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO model_drafts(product_key, document, updated_at) VALUES(?,?,?) "
+                "ON CONFLICT(product_key) DO UPDATE SET document=excluded.document, updated_at=excluded.updated_at",
+                (product_key, doc, now_ms()),
+            )
+        )
+
+    async def publish_model(self, product_key: str, document: dict[str, Any], at: int) -> int:
+        doc = _json_encode(document).decode()
+
+        def run(c: sqlite3.Connection) -> int:
+            version = (
+                c.execute(
+                    "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE product_key=?", (product_key,)
+                ).fetchone()[0]
+            )
+            c.execute(
+                "INSERT INTO model_versions(product_key, version, document, published_at) VALUES(?,?,?,?)",
+                (product_key, version, doc, at),
+            )
+            return int(version)
+
+        return await self._write(lambda c: self._tx(c, run))
+
+    async def get_model_version(self, product_key: str, version: int | None) -> ModelVersionRow | None:
+        def run(c: sqlite3.Connection) -> tuple | None:
+            if version is None:
+                return c.execute(
+                    "SELECT version, document, published_at FROM model_versions WHERE product_key=? "
+                    "ORDER BY version DESC LIMIT 1",
+                    (product_key,),
+                ).fetchone()
+            return c.execute(
+                "SELECT version, document, published_at FROM model_versions WHERE product_key=? AND version=?",
+                (product_key, version),
+            ).fetchone()
+
+        r = await self._read(run)
+        if not r:
+            return None
+        return ModelVersionRow(product_key=product_key, version=r[0], document=_json_decode(r[1]), published_at=r[2])
+
+    async def list_model_versions(self, product_key: str) -> list[tuple[int, int]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT version, published_at FROM model_versions WHERE product_key=? ORDER BY version",
+                (product_key,),
+            ).fetchall()
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    # -- devices --------------------------------------------------------------------------
+    def _seal(self, secret: str) -> str:
+        return self.box.seal(secret) if self.box else secret
+
+    def _device(self, r: tuple) -> DeviceRow:
+        return DeviceRow(
+            id=r[0],
+            product_key=r[1],
+            device_name=r[2],
+            secret=self.box.open(r[3]) if self.box else r[3],
+            enabled=bool(r[4]),
+            generation=r[5],
+            gateway_id=r[6],
+            nickname=r[7],
+            token_epoch_ms=r[8],
+            created_at=r[9],
+            updated_at=r[10],
+        )
+
+    async def insert_devices(self, rows: list[DeviceRow]) -> list[DeviceRow]:
+        sealed = [self._seal(r.secret) for r in rows]
+
+        def run(c: sqlite3.Connection) -> list[DeviceRow]:
+            out = []
+            for row, secret in zip(rows, sealed, strict=True):
+                try:
+                    cur = c.execute(
+                        "INSERT INTO devices(product_key, device_name, secret, enabled, generation, gateway_id, "
+                        "nickname, token_epoch_ms, created_at, updated_at) VALUES(?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            row.product_key,
+                            row.device_name,
+                            secret,
+                            row.enabled,
+                            row.generation,
+                            row.gateway_id,
+                            row.nickname,
+                            0,
+                            row.created_at,
+                            row.updated_at,
+                        ),
+                    )
+                except sqlite3.IntegrityError as exc:
+                    raise Conflict(f"device {row.product_key}/{row.device_name} exists") from exc
+                device_id = int(cur.lastrowid or 0)
+                c.execute(
+                    "INSERT INTO registry_events(device_id, change, at) VALUES(?, 'created', ?)",
+                    (device_id, row.created_at),
+                )
+                out.append(msgspec.structs.replace(row, id=device_id))
+            return out
+
+        return await self._write(lambda c: self._tx(c, run))
+
+    async def get_device(self, product_key: str, device_name: str) -> DeviceRow | None:
+        r = await self._read(
+            lambda c: c.execute(
+                f"SELECT {DEVICE_COLS} FROM devices WHERE product_key=? AND device_name=?",
+                (product_key, device_name),
+            ).fetchone()
+        )
+        return self._device(r) if r else None
+
+    async def get_device_by_id(self, device_id: int) -> DeviceRow | None:
+        r = await self._read(
+            lambda c: c.execute(f"SELECT {DEVICE_COLS} FROM devices WHERE id=?", (device_id,)).fetchone()
+        )
+        return self._device(r) if r else None
+
+    async def list_devices(
+        self,
+        product_key: str | None,
+        search: str | None,
+        offset: int,
+        limit: int,
+        gateway_id: int | None = None,
+    ) -> tuple[list[DeviceRow], int]:
+        where, args = [], []
+        if product_key:
+            where.append("product_key=?")
+            args.append(product_key)
+        if search:
+            where.append("(device_name LIKE ? ESCAPE '\\' OR nickname LIKE ? ESCAPE '\\')")
+            pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            args += [pattern, pattern]
+        if gateway_id is not None:
+            where.append("gateway_id=?")
+            args.append(gateway_id)
+        clause = ("WHERE " + " AND ".join(where)) if where else ""
+
+        def run(c: sqlite3.Connection) -> tuple[list[DeviceRow], int]:
+            rows = c.execute(
+                f"SELECT {DEVICE_COLS} FROM devices {clause} ORDER BY id LIMIT ? OFFSET ?", (*args, limit, offset)
+            ).fetchall()
+            total = c.execute(f"SELECT COUNT(*) FROM devices {clause}", args).fetchone()[0]
+            return [self._device(r) for r in rows], total
+
+        return await self._read(run)
+
+    async def update_device(self, device_id: int, fields: dict[str, Any], change: str) -> DeviceRow | None:
+        cols = {k: v for k, v in fields.items() if k in DEVICE_FIELDS}
+        if "secret" in cols:
+            cols["secret"] = self._seal(cols["secret"])
+
+        def run(c: sqlite3.Connection) -> tuple | None:
+            at = now_ms()
+            if cols:
+                sets = ", ".join(f"{k}=?" for k in cols)
+                c.execute(f"UPDATE devices SET {sets}, updated_at=? WHERE id=?", (*cols.values(), at, device_id))
+            row = c.execute(f"SELECT {DEVICE_COLS} FROM devices WHERE id=?", (device_id,)).fetchone()
+            if row:
+                c.execute(
+                    "INSERT INTO registry_events(device_id, change, at) VALUES(?,?,?)", (device_id, change, at)
+                )
+            return row
+
+        r = await self._write(lambda c: self._tx(c, run))
+        return self._device(r) if r else None
+
+    async def delete_device(self, device_id: int) -> bool:
+        def run(c: sqlite3.Connection) -> bool:
+            if c.execute("DELETE FROM devices WHERE id=?", (device_id,)).rowcount == 0:
+                return False
+            for table in ("history", "latest", "messages", "device_seen"):
+                c.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
+            c.execute(
+                "INSERT INTO registry_events(device_id, change, at) VALUES(?, 'deleted', ?)", (device_id, now_ms())
+            )
+            return True
+
+        return await self._write(lambda c: self._tx(c, run))
+
+    async def count_devices(self, product_key: str | None = None) -> int:
+        if product_key is None:
+            return int(await self._read(lambda c: c.execute("SELECT COUNT(*) FROM devices").fetchone()[0]))
+        return int(
+            await self._read(
+                lambda c: c.execute("SELECT COUNT(*) FROM devices WHERE product_key=?", (product_key,)).fetchone()[0]
+            )
+        )
+
+    async def registry_events_since(self, seq: int, limit: int = 10000) -> list[RegistryEvent]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT seq, device_id, change, at FROM registry_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                (seq, limit),
+            ).fetchall()
+        )
+        return [RegistryEvent(seq=r[0], device_id=r[1], change=r[2], at=r[3]) for r in rows]
+
+    async def last_registry_seq(self) -> int:
+        return int(await self._read(lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM registry_events").fetchone()[0]))
+
+    async def log_registry_event(self, device_id: int, change: str) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO registry_events(device_id, change, at) VALUES(?,?,?)", (device_id, change, now_ms())
+            )
+        )
+
+    # -- ingest ---------------------------------------------------------------------------
+    async def write_batch(self, records: list[Record]) -> None:
+        await self._write(lambda c: self._write_batch(c, records))
+
+    def _write_batch(self, con: sqlite3.Connection, records: list[Record]) -> None:
+        history, messages, latest, seen = split_batch(records)
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            if history:
+                con.executemany("INSERT INTO history(message_id, device_id, ts, data) VALUES(?,?,?,?)", history)
+            if messages:
+                con.executemany(
+                    "INSERT INTO messages(message_id, device_id, kind, ts, received_at, topic, identifier, payload, "
+                    "detail) VALUES(?,?,?,?,?,?,?,?,?)",
+                    messages,
+                )
+            if latest:
+                con.executemany(
+                    "INSERT INTO latest(device_id, identifier, value, ts, message_id) VALUES(?,?,?,?,?) "
+                    "ON CONFLICT(device_id, identifier) DO UPDATE SET value=excluded.value, ts=excluded.ts, "
+                    "message_id=excluded.message_id WHERE excluded.ts >= latest.ts",
+                    latest,
+                )
+            if seen:
+                con.executemany(
+                    "INSERT INTO device_seen(device_id, last_seen) VALUES(?,?) ON CONFLICT(device_id) "
+                    "DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen)",
+                    seen,
+                )
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    # -- device data ----------------------------------------------------------------------
+    async def latest_values(self, device_id: int) -> dict[str, tuple[Any, int]]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT identifier, value, ts FROM latest WHERE device_id=?", (device_id,)
+            ).fetchall()
+        )
+        return {r[0]: (_json_decode(r[1]), r[2]) for r in rows}
+
+    async def property_history(
+        self, device_id: int, identifier: str, since: int, until: int, limit: int
+    ) -> list[tuple[int, Any]]:
+        path = '$."' + identifier.replace('"', "") + '"'
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT ts, data -> ? AS v FROM history WHERE device_id=? AND ts>=? AND ts<=? AND v IS NOT NULL "
+                "ORDER BY ts DESC, message_id DESC LIMIT ?",
+                (path, device_id, since, until, limit),
+            ).fetchall()
+        )
+        return [(r[0], _json_decode(r[1])) for r in rows]
+
+    async def device_messages(
+        self, device_id: int, kinds: list[str] | None, before_id: int | None, limit: int
+    ) -> list[Record]:
+        where, args = ["device_id=?"], [device_id]
+        if kinds:
+            where.append(f"kind IN ({','.join('?' * len(kinds))})")
+            args += kinds
+        if before_id is not None:
+            where.append("message_id < ?")
+            args.append(before_id)
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT message_id, device_id, kind, ts, received_at, topic, identifier, payload, detail FROM messages "
+                f"WHERE {' AND '.join(where)} ORDER BY message_id DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        )
+        return [
+            Record(
+                message_id=r[0],
+                device_id=r[1],
+                kind=r[2],
+                ts=r[3],
+                received_at=r[4],
+                topic=r[5],
+                identifier=r[6],
+                payload=bytes(r[7]),
+                detail=r[8],
+            )
+            for r in rows
+        ]
+
+    async def last_seen(self) -> dict[int, int]:
+        rows = await self._read(lambda c: c.execute("SELECT device_id, last_seen FROM device_seen").fetchall())
+        return {r[0]: r[1] for r in rows}
+
+
+def split_batch(
+    records: list[Record],
+) -> tuple[list[tuple], list[tuple], list[tuple], list[tuple]]:
+    """Turn a batch into row tuples for each table; latest values are reduced to the newest per key."""
+    history: list[tuple] = []
+    messages: list[tuple] = []
+    latest: dict[tuple[int, str], tuple] = {}
+    seen: dict[int, int] = {}
+    for r in records:
+        if r.kind == "property" and r.values is not None:
+            history.append((r.message_id, r.device_id, r.ts, _json_encode(r.values).decode()))
+            for key, value in r.values.items():
+                prev = latest.get((r.device_id, key))
+                if prev is None or r.ts >= prev[3]:
+                    latest[(r.device_id, key)] = (r.device_id, key, _json_encode(value).decode(), r.ts, r.message_id)
+        else:
+            messages.append(
+                (r.message_id, r.device_id, r.kind, r.ts, r.received_at, r.topic, r.identifier, r.payload, r.detail)
+            )
+        if r.kind != "rejected" and seen.get(r.device_id, 0) < r.received_at:
+            seen[r.device_id] = r.received_at
+    return history, messages, list(latest.values()), list(seen.items())
