@@ -184,8 +184,7 @@ def _is_auto(d: dict[str, Any], auto: dict[str, str]) -> bool:
 def _features_in(d: dict[str, Any], path: str) -> dict[str, Any]:
     pre = f"{path}." if path else ""
     props = [
-        _property_in(p, f"{pre}properties[{i}]")
-        for i, p in enumerate(lst(d.get("properties"), f"{pre}properties"))
+        _property_in(p, f"{pre}properties[{i}]") for i, p in enumerate(lst(d.get("properties"), f"{pre}properties"))
     ]
     events = []
     for i, e in enumerate(lst(d.get("events"), f"{pre}events")):
@@ -202,7 +201,7 @@ def _features_in(d: dict[str, Any], path: str) -> dict[str, Any]:
 
 def _module_in(d: dict[str, Any], path: str) -> dict[str, Any]:
     consumed = ["functionBlockId", "functionBlockName", "properties", "events", "services"]
-    r = {"identifier": d.get("functionBlockId"), "name": d.get("functionBlockName")}
+    r = {"identifier": d.get("functionBlockId"), "name": d.get("functionBlockName"), "description": ""}
     desc = d.get("description")
     if isinstance(desc, str) and desc:
         consumed.append("description")
@@ -344,9 +343,7 @@ def _service_out(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def _auto_params(props: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [
-        {"identifier": p["identifier"], "name": p["name"], "dataType": _dt_out(p["dataType"])} for p in props
-    ]
+    return [{"identifier": p["identifier"], "name": p["name"], "dataType": _dt_out(p["dataType"])} for p in props]
 
 
 def _features_out(block: dict[str, Any], auto: bool) -> dict[str, Any]:

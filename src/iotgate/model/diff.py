@@ -9,9 +9,7 @@ from .types import DEFAULT_MODULE, Event, Module, Property, Service, ThingModel
 __all__ = ["diff_models"]
 
 
-def _features(
-    props: list[Property], events: list[Event], services: list[Service]
-) -> list[tuple[str, str, Any]]:
+def _features(props: list[Property], events: list[Event], services: list[Service]) -> list[tuple[str, str, Any]]:
     out: list[tuple[str, str, Any]] = [("property", p.identifier, p) for p in props]
     out += [("event", e.identifier, e) for e in events]
     out += [("service", s.identifier, s) for s in services]

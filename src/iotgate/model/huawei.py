@@ -241,12 +241,9 @@ def _features_in(d: dict[str, Any], path: str) -> dict[str, Any]:
             _property_in(p, f"{path}.properties[{i}]")
             for i, p in enumerate(lst(d.get("properties"), f"{path}.properties"))
         ],
-        "events": [
-            _event_in(e, f"{path}.events[{i}]") for i, e in enumerate(lst(d.get("events"), f"{path}.events"))
-        ],
+        "events": [_event_in(e, f"{path}.events[{i}]") for i, e in enumerate(lst(d.get("events"), f"{path}.events"))],
         "services": [
-            _command_in(c, f"{path}.commands[{i}]")
-            for i, c in enumerate(lst(d.get("commands"), f"{path}.commands"))
+            _command_in(c, f"{path}.commands[{i}]") for i, c in enumerate(lst(d.get("commands"), f"{path}.commands"))
         ],
     }
 
@@ -450,9 +447,7 @@ def _service_out(m: dict[str, Any]) -> dict[str, Any]:
         "description": m["description"] or None,
         **_features_out(m),
     }
-    return finish_export(
-        m, VENDOR, mapped, _SERVICE_DEFAULTS, lambda o: _service_in(o, ""), ("name", "description")
-    )
+    return finish_export(m, VENDOR, mapped, _SERVICE_DEFAULTS, lambda o: _service_in(o, ""), ("name", "description"))
 
 
 def export_huawei(model: ThingModel, product_id: str) -> dict[str, Any]:

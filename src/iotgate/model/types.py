@@ -261,9 +261,7 @@ def _opt_str(v: object, path: str) -> str | None:
 def _identifier(v: object, path: str) -> str:
     s = _str(v, path)
     if not IDENTIFIER_RE.fullmatch(s):
-        raise ModelError(
-            f"{path}: invalid identifier {s!r} (letters, digits, '_', '-'; no leading digit; max 50)"
-        )
+        raise ModelError(f"{path}: invalid identifier {s!r} (letters, digits, '_', '-'; no leading digit; max 50)")
     return s
 
 
@@ -331,9 +329,7 @@ def _parse_data_type(v: object, path: str, allowed: frozenset[str] = DATA_TYPES)
     tpath = _join(path, "type")
     t = _str(d.get("type"), tpath)
     if t not in allowed:
-        raise ModelError(
-            f"{tpath}: unsupported type {t!r} here (expected one of {', '.join(sorted(allowed))})"
-        )
+        raise ModelError(f"{tpath}: unsupported type {t!r} here (expected one of {', '.join(sorted(allowed))})")
     spath = _join(path, "specs")
     raw = d.get("specs")
     specs: Specs
@@ -356,9 +352,7 @@ def _parse_data_type(v: object, path: str, allowed: frozenset[str] = DATA_TYPES)
     elif t == "text":
         s = _obj({} if raw is None else raw, spath, _TEXT_SPEC_KEYS)
         ln = s.get("length")
-        specs = TextSpecs(
-            length=None if ln is None else _int_in(ln, _join(spath, "length"), 1, TEXT_MAX_LENGTH)
-        )
+        specs = TextSpecs(length=None if ln is None else _int_in(ln, _join(spath, "length"), 1, TEXT_MAX_LENGTH))
     elif t == "bool":
         s = _obj({} if raw is None else raw, spath, frozenset({"0", "1"}))
         specs = BoolSpecs(labels={k: _str(x, _join(spath, k)) for k, x in s.items()})
@@ -410,16 +404,10 @@ def _parse_params(v: object, path: str, allowed: frozenset[str], what: str = "pa
     return out
 
 
-_PROPERTY_KEYS = frozenset(
-    {"identifier", "name", "accessMode", "required", "description", "dataType", "extensions"}
-)
+_PROPERTY_KEYS = frozenset({"identifier", "name", "accessMode", "required", "description", "dataType", "extensions"})
 _EVENT_KEYS = frozenset({"identifier", "name", "type", "description", "outputData", "extensions"})
-_SERVICE_KEYS = frozenset(
-    {"identifier", "name", "callType", "description", "inputData", "outputData", "extensions"}
-)
-_MODULE_KEYS = frozenset(
-    {"identifier", "name", "description", "properties", "events", "services", "extensions"}
-)
+_SERVICE_KEYS = frozenset({"identifier", "name", "callType", "description", "inputData", "outputData", "extensions"})
+_MODULE_KEYS = frozenset({"identifier", "name", "description", "properties", "events", "services", "extensions"})
 _MODEL_KEYS = frozenset({"properties", "events", "services", "modules", "extensions"})
 
 
@@ -469,9 +457,7 @@ def _parse_features(d: dict[str, Any], path: str) -> tuple[list[Property], list[
 
     def claim(ident: str, where: str) -> None:
         if ident in seen:
-            raise ModelError(
-                f"{where}.identifier: duplicate identifier {ident!r} (also used by {seen[ident]})"
-            )
+            raise ModelError(f"{where}.identifier: duplicate identifier {ident!r} (also used by {seen[ident]})")
         seen[ident] = where
 
     props: list[Property] = []

@@ -130,9 +130,7 @@ def _number_checker(t: str, s: NumberSpecs) -> Checker:
                 issues.append(ValidationIssue(ident, "type", f"{ident}: {_show(v)} is not a finite number"))
                 return INVALID
         else:
-            issues.append(
-                ValidationIssue(ident, "type", f"{ident}: expected {want}, got {_kind(v)} {_show(v)}")
-            )
+            issues.append(ValidationIssue(ident, "type", f"{ident}: expected {want}, got {_kind(v)} {_show(v)}"))
             return INVALID
         n: Any = v
         if lo is not None and n < lo:
@@ -178,17 +176,13 @@ def _text_checker(s: TextSpecs) -> Checker:
 
     def check(v: object, ident: str, issues: Issues) -> object:
         if type(v) is not str:
-            issues.append(
-                ValidationIssue(ident, "type", f"{ident}: expected a string, got {_kind(v)} {_show(v)}")
-            )
+            issues.append(ValidationIssue(ident, "type", f"{ident}: expected a string, got {_kind(v)} {_show(v)}"))
             return INVALID
         if len(v) > quick:
             n = len(v.encode("utf-8", "surrogatepass"))
             if n > limit:
                 issues.append(
-                    ValidationIssue(
-                        ident, "length", f"{ident}: text of {n} bytes is longer than length {limit}"
-                    )
+                    ValidationIssue(ident, "length", f"{ident}: text of {n} bytes is longer than length {limit}")
                 )
                 return INVALID
         return v
@@ -205,9 +199,7 @@ def _bool_checker(_s: BoolSpecs) -> Checker:
         if type(v) is int and (v == 0 or v == 1):
             return v
         issues.append(
-            ValidationIssue(
-                ident, "type", f"{ident}: expected a bool (0/1 or true/false), got {_kind(v)} {_show(v)}"
-            )
+            ValidationIssue(ident, "type", f"{ident}: expected a bool (0/1 or true/false), got {_kind(v)} {_show(v)}")
         )
         return INVALID
 
@@ -235,13 +227,9 @@ def _enum_checker(s: EnumSpecs) -> Checker:
             if v in keys:
                 return v
         else:
-            issues.append(
-                ValidationIssue(ident, "type", f"{ident}: expected an enum value, got {_kind(v)} {_show(v)}")
-            )
+            issues.append(ValidationIssue(ident, "type", f"{ident}: expected an enum value, got {_kind(v)} {_show(v)}"))
             return INVALID
-        issues.append(
-            ValidationIssue(ident, "enum", f"{ident}: {_show(v)} is not one of the enum values ({allowed})")
-        )
+        issues.append(ValidationIssue(ident, "enum", f"{ident}: {_show(v)} is not one of the enum values ({allowed})"))
         return INVALID
 
     return check
@@ -265,14 +253,10 @@ def _date_checker() -> Checker:
                     return n
         else:
             issues.append(
-                ValidationIssue(
-                    ident, "type", f"{ident}: expected a date (UTC ms), got {_kind(v)} {_show(v)}"
-                )
+                ValidationIssue(ident, "type", f"{ident}: expected a date (UTC ms), got {_kind(v)} {_show(v)}")
             )
             return INVALID
-        issues.append(
-            ValidationIssue(ident, "time", f"{ident}: {_show(v)} is not a valid UTC timestamp in ms")
-        )
+        issues.append(ValidationIssue(ident, "time", f"{ident}: {_show(v)} is not a valid UTC timestamp in ms"))
         return INVALID
 
     return check
@@ -284,9 +268,7 @@ def _struct_checker(s: StructSpecs) -> Checker:
 
     def check(v: object, ident: str, issues: Issues) -> object:
         if not isinstance(v, dict):
-            issues.append(
-                ValidationIssue(ident, "type", f"{ident}: expected an object, got {_kind(v)} {_show(v)}")
-            )
+            issues.append(ValidationIssue(ident, "type", f"{ident}: expected an object, got {_kind(v)} {_show(v)}"))
             return INVALID
         if free:
             return v
@@ -315,14 +297,10 @@ def _array_checker(s: ArraySpecs) -> Checker:
 
     def check(v: object, ident: str, issues: Issues) -> object:
         if not isinstance(v, list):
-            issues.append(
-                ValidationIssue(ident, "type", f"{ident}: expected an array, got {_kind(v)} {_show(v)}")
-            )
+            issues.append(ValidationIssue(ident, "type", f"{ident}: expected an array, got {_kind(v)} {_show(v)}"))
             return INVALID
         if len(v) > size:
-            issues.append(
-                ValidationIssue(ident, "size", f"{ident}: array of {len(v)} items exceeds size {size}")
-            )
+            issues.append(ValidationIssue(ident, "size", f"{ident}: array of {len(v)} items exceeds size {size}"))
             return INVALID
         out: list[object] = []
         ok = True
