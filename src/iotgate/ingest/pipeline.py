@@ -8,6 +8,7 @@ database itself as the queue).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -70,10 +71,8 @@ class Ingestor:
                 continue
             if self.max_delay > 0 and len(self._pending) < self.max_reports and not self._closing:
                 self._full.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), self.max_delay)
-                except TimeoutError:
-                    pass
             batch = self._pending[: self.max_reports]
             del self._pending[: self.max_reports]
             await self._commit(batch)

@@ -340,6 +340,9 @@ def _dt_out(x: dict[str, Any]) -> dict[str, Any]:
     kept = vendor_field(x, VENDOR, "data_type")
     if kept in _COMPATIBLE.get(t, ()):
         out["data_type"] = kept
+    long = vendor_field(x, VENDOR, "max_length")
+    if out.get("max_length") == TEXT_MAX_LENGTH and isinstance(long, int) and long > TEXT_MAX_LENGTH:
+        out["max_length"] = long  # a Huawei string longer than iotgate's limit
     return out
 
 

@@ -8,6 +8,7 @@ reach through the `registry_events` log, polled every few seconds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import secrets
@@ -77,7 +78,13 @@ class DeviceInfo(msgspec.Struct):
 
 def _info(row: DeviceRow) -> DeviceInfo:
     return DeviceInfo(
-        row.id, row.product_key, row.device_name, row.enabled, row.generation, row.gateway_id, row.token_epoch_ms
+        row.id,
+        row.product_key,
+        row.device_name,
+        row.enabled,
+        row.generation,
+        row.gateway_id,
+        row.token_epoch_ms,
     )
 
 
@@ -101,10 +108,8 @@ class Registry:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     async def _poll(self) -> None:
         while True:
@@ -364,7 +369,8 @@ def check_product_fields(fields: dict[str, Any]) -> None:
     for name, choices in allowed.items():
         if name in fields and fields[name] not in choices:
             raise Invalid(
-                f"{_camel(name)} must be one of {', '.join(choices)}", [{"field": _camel(name), "reason": "enum"}]
+                f"{_camel(name)} must be one of {', '.join(choices)}",
+                [{"field": _camel(name), "reason": "enum"}],
             )
     if "name" in fields:
         name = fields["name"]

@@ -114,9 +114,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def publish_model(self, product_key: str, document: dict[str, Any], at: int) -> int:
         """Freeze a document as the next version; return the version number."""
+
     @abc.abstractmethod
     async def get_model_version(self, product_key: str, version: int | None) -> ModelVersionRow | None:
         """A version, or the newest when version is None."""
+
     @abc.abstractmethod
     async def list_model_versions(self, product_key: str) -> list[tuple[int, int]]: ...
 
@@ -124,6 +126,7 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def insert_devices(self, rows: list[DeviceRow]) -> list[DeviceRow]:
         """Insert all or none (Conflict on a duplicate name); ids are assigned."""
+
     @abc.abstractmethod
     async def get_device(self, product_key: str, device_name: str) -> DeviceRow | None: ...
     @abc.abstractmethod
@@ -140,9 +143,11 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def update_device(self, device_id: int, fields: dict[str, Any], change: str) -> DeviceRow | None:
         """Update columns and log a registry event `change` in the same transaction."""
+
     @abc.abstractmethod
     async def delete_device(self, device_id: int) -> bool:
         """Delete a device with its data; logs a registry event."""
+
     @abc.abstractmethod
     async def count_devices(self, product_key: str | None = None) -> int: ...
     @abc.abstractmethod
@@ -162,16 +167,19 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def latest_values(self, device_id: int) -> dict[str, tuple[Any, int]]:
         """identifier -> (value, ts)."""
+
     @abc.abstractmethod
     async def property_history(
         self, device_id: int, identifier: str, since: int, until: int, limit: int
     ) -> list[tuple[int, Any]]:
         """(ts, value) newest first."""
+
     @abc.abstractmethod
     async def device_messages(
         self, device_id: int, kinds: list[str] | None, before_id: int | None, limit: int
     ) -> list[Record]:
         """Raw messages, events, rejected reports; newest first."""
+
     @abc.abstractmethod
     async def last_seen(self) -> dict[int, int]:
         """device_id -> last report time (ms), to rebuild online status on start."""

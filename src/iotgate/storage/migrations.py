@@ -1,16 +1,18 @@
 """Versioned schema migrations, shared by both backends (portable SQL only).
 
-A migration is never edited once released: add a new entry at the end. The applied version is
-kept in the `meta` table under `schema_version`.
+A migration is never edited once released: add a new named entry at the end. Each applied
+migration is recorded in the `meta` table as `migration:<name>`, so features developed side by
+side can each add theirs without fighting over version numbers.
 """
 
 from __future__ import annotations
 
 # Each entry: list of statements. Types are portable: BIGINT/TEXT/DOUBLE PRECISION work in both,
 # and SQLite maps them onto its storage classes. BYTEA/BLOB differ, so {blob} is substituted.
-MIGRATIONS: list[list[str]] = [
-    [
-        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0001-core",
+        [
         """CREATE TABLE products (
             product_key TEXT PRIMARY KEY,
             name TEXT NOT NULL,
@@ -79,7 +81,8 @@ MIGRATIONS: list[list[str]] = [
         """CREATE TABLE device_seen (
             device_id BIGINT PRIMARY KEY,
             last_seen BIGINT NOT NULL)""",
-    ],
+        ],
+    ),
 ]
 
 

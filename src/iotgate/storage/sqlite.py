@@ -7,6 +7,7 @@ fight over SQLite's single write lock, and the event loop never blocks on fsync.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
@@ -109,18 +110,15 @@ class SqliteStorage(Storage):
 
     def _migrate(self, con: sqlite3.Connection) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-        row = con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        current = int(row[0]) if row else 0
-        for version, statements in enumerate(MIGRATIONS[current:], start=current + 1):
+        done = {r[0] for r in con.execute("SELECT key FROM meta WHERE key LIKE 'migration:%'")}
+        for name, statements in MIGRATIONS:
+            if f"migration:{name}" in done:
+                continue
 
-            def apply(c: sqlite3.Connection, stmts: list[str] = statements, v: int = version) -> None:
+            def apply(c: sqlite3.Connection, stmts: list[str] = statements, n: str = name) -> None:
                 for stmt in stmts:
-                    c.execute(render(stmt, "sqlite").replace("CREATE TABLE meta", "CREATE TABLE IF NOT EXISTS meta"))
-                c.execute(
-                    "INSERT INTO meta(key, value) VALUES('schema_version', ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (str(v),),
-                )
+                    c.execute(render(stmt, "sqlite"))
+                c.execute("INSERT INTO meta(key, value) VALUES(?, ?)", (f"migration:{n}", str(now_ms())))
 
             self._tx(con, apply)
 
@@ -128,10 +126,8 @@ class SqliteStorage(Storage):
         def close_all() -> None:
             with self._conns_lock:
                 for con in self._all_conns:
-                    try:
+                    with contextlib.suppress(sqlite3.Error):
                         con.close()
-                    except sqlite3.Error:
-                        pass
                 self._all_conns.clear()
 
         self._reader_pool.shutdown(wait=True)
@@ -254,11 +250,9 @@ class SqliteStorage(Storage):
         doc = _json_encode(document).decode()
 
         def run(c: sqlite3.Connection) -> int:
-            version = (
-                c.execute(
-                    "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE product_key=?", (product_key,)
-                ).fetchone()[0]
-            )
+            version = c.execute(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM model_versions WHERE product_key=?", (product_key,)
+            ).fetchone()[0]
             c.execute(
                 "INSERT INTO model_versions(product_key, version, document, published_at) VALUES(?,?,?,?)",
                 (product_key, version, doc, at),
@@ -371,7 +365,8 @@ class SqliteStorage(Storage):
         limit: int,
         gateway_id: int | None = None,
     ) -> tuple[list[DeviceRow], int]:
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if product_key:
             where.append("product_key=?")
             args.append(product_key)
@@ -386,7 +381,8 @@ class SqliteStorage(Storage):
 
         def run(c: sqlite3.Connection) -> tuple[list[DeviceRow], int]:
             rows = c.execute(
-                f"SELECT {DEVICE_COLS} FROM devices {clause} ORDER BY id LIMIT ? OFFSET ?", (*args, limit, offset)
+                f"SELECT {DEVICE_COLS} FROM devices {clause} ORDER BY id LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
             total = c.execute(f"SELECT COUNT(*) FROM devices {clause}", args).fetchone()[0]
             return [self._device(r) for r in rows], total
@@ -406,7 +402,8 @@ class SqliteStorage(Storage):
             row = c.execute(f"SELECT {DEVICE_COLS} FROM devices WHERE id=?", (device_id,)).fetchone()
             if row:
                 c.execute(
-                    "INSERT INTO registry_events(device_id, change, at) VALUES(?,?,?)", (device_id, change, at)
+                    "INSERT INTO registry_events(device_id, change, at) VALUES(?,?,?)",
+                    (device_id, change, at),
                 )
             return row
 
@@ -420,7 +417,8 @@ class SqliteStorage(Storage):
             for table in ("history", "latest", "messages", "device_seen"):
                 c.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
             c.execute(
-                "INSERT INTO registry_events(device_id, change, at) VALUES(?, 'deleted', ?)", (device_id, now_ms())
+                "INSERT INTO registry_events(device_id, change, at) VALUES(?, 'deleted', ?)",
+                (device_id, now_ms()),
             )
             return True
 
@@ -445,12 +443,15 @@ class SqliteStorage(Storage):
         return [RegistryEvent(seq=r[0], device_id=r[1], change=r[2], at=r[3]) for r in rows]
 
     async def last_registry_seq(self) -> int:
-        return int(await self._read(lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM registry_events").fetchone()[0]))
+        return int(
+            await self._read(lambda c: c.execute("SELECT COALESCE(MAX(seq), 0) FROM registry_events").fetchone()[0])
+        )
 
     async def log_registry_event(self, device_id: int, change: str) -> None:
         await self._write(
             lambda c: c.execute(
-                "INSERT INTO registry_events(device_id, change, at) VALUES(?,?,?)", (device_id, change, now_ms())
+                "INSERT INTO registry_events(device_id, change, at) VALUES(?,?,?)",
+                (device_id, change, now_ms()),
             )
         )
 
@@ -491,9 +492,7 @@ class SqliteStorage(Storage):
     # -- device data ----------------------------------------------------------------------
     async def latest_values(self, device_id: int) -> dict[str, tuple[Any, int]]:
         rows = await self._read(
-            lambda c: c.execute(
-                "SELECT identifier, value, ts FROM latest WHERE device_id=?", (device_id,)
-            ).fetchall()
+            lambda c: c.execute("SELECT identifier, value, ts FROM latest WHERE device_id=?", (device_id,)).fetchall()
         )
         return {r[0]: (_json_decode(r[1]), r[2]) for r in rows}
 
@@ -513,7 +512,8 @@ class SqliteStorage(Storage):
     async def device_messages(
         self, device_id: int, kinds: list[str] | None, before_id: int | None, limit: int
     ) -> list[Record]:
-        where, args = ["device_id=?"], [device_id]
+        where: list[str] = ["device_id=?"]
+        args: list[Any] = [device_id]
         if kinds:
             where.append(f"kind IN ({','.join('?' * len(kinds))})")
             args += kinds
@@ -561,10 +561,26 @@ def split_batch(
             for key, value in r.values.items():
                 prev = latest.get((r.device_id, key))
                 if prev is None or r.ts >= prev[3]:
-                    latest[(r.device_id, key)] = (r.device_id, key, _json_encode(value).decode(), r.ts, r.message_id)
+                    latest[(r.device_id, key)] = (
+                        r.device_id,
+                        key,
+                        _json_encode(value).decode(),
+                        r.ts,
+                        r.message_id,
+                    )
         else:
             messages.append(
-                (r.message_id, r.device_id, r.kind, r.ts, r.received_at, r.topic, r.identifier, r.payload, r.detail)
+                (
+                    r.message_id,
+                    r.device_id,
+                    r.kind,
+                    r.ts,
+                    r.received_at,
+                    r.topic,
+                    r.identifier,
+                    r.payload,
+                    r.detail,
+                )
             )
         if r.kind != "rejected" and seen.get(r.device_id, 0) < r.received_at:
             seen[r.device_id] = r.received_at

@@ -1,0 +1,100 @@
+"""The admin listener: management API, health, OpenAPI document; separate from the device port."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from iotgate.admin import api
+from iotgate.admin.errors import ApiError, error_response, handle_error
+from iotgate.errors import CoreError
+from iotgate.model import ModelError
+
+if TYPE_CHECKING:
+    from iotgate.server import Platform
+
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/api/v1/openapi.json", "/api/v1/docs")
+
+
+class AdminKeyAuth:
+    """Bearer admin key on /api/*; the console adds its own session check (admin/console.py)."""
+
+    def __init__(self, app: ASGIApp, platform: Platform) -> None:
+        self.app = app
+        self.platform = platform
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            path: str = scope["path"]
+            if path.startswith("/api/") and not path.startswith(PUBLIC_PREFIXES):
+                if not self.authorized(scope):
+                    resp = error_response(401, "unauthorized", "send the admin key as 'Authorization: Bearer <key>'")
+                    resp.headers["WWW-Authenticate"] = "Bearer"
+                    await resp(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+    def authorized(self, scope: Scope) -> bool:
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                scheme, _, key = value.decode("latin-1").partition(" ")
+                return scheme.lower() == "bearer" and self.key_matches(key.strip())
+        checker = getattr(self.platform, "console_session_ok", None)
+        return bool(checker and checker(scope))
+
+    def key_matches(self, key: str) -> bool:
+        return hmac.compare_digest(key.encode(), self.platform.admin_key.encode())
+
+
+async def healthz(request: Request) -> Response:
+    p: Platform = request.app.state.platform
+    if not p.ready:
+        return JSONResponse({"status": "starting"}, 503)
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    p: Platform = request.app.state.platform
+    checks = {
+        "database": await p.storage.ping(),
+        "deviceListener": bool(p.device_addresses) and not p.device_server.closing,
+        "ingest": not p.ingestor._closing,
+    }
+    ok = p.ready and all(checks.values())
+    return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks}, 200 if ok else 503)
+
+
+def create_admin_app(platform: Platform) -> ASGIApp:
+    from iotgate.admin.openapi import openapi_routes
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        *openapi_routes(),
+        *api.ROUTES,
+    ]
+    try:
+        from iotgate.admin.console import console_routes  # the web console, when installed
+
+        routes += console_routes(platform)
+    except ImportError:
+        pass
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            CoreError: handle_error,
+            ApiError: handle_error,
+            ModelError: handle_error,
+            HTTPException: handle_error,
+            Exception: handle_error,
+        },
+    )
+    app.state.platform = platform
+    return AdminKeyAuth(app, platform)

@@ -1,0 +1,254 @@
+"""The protocol-agnostic device core: authenticate, issue and check tokens, accept reports.
+
+Dialects (gateway/alink.py, gateway/iotda.py) translate their wire format into these calls and
+map `iotgate.errors` back onto their own codes; nothing here knows either vendor.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from iotgate.auth.tokens import TokenError, TokenSigner
+from iotgate.config import Settings
+from iotgate.errors import (
+    AuthFailed,
+    DeviceDisabled,
+    RateLimited,
+    ReportRejected,
+    TokenExpired,
+    TokenInvalid,
+)
+from iotgate.ingest.ids import MessageIds
+from iotgate.ingest.limits import RateLimiter
+from iotgate.ingest.pipeline import Ingestor
+from iotgate.model import ValidationIssue
+from iotgate.registry.service import DeviceInfo, Registry
+from iotgate.storage.base import DeviceRow, Record
+
+MAX_FUTURE_MS = 24 * 3600 * 1000  # Alink: a report time may be at most 24 h ahead
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class PropertyReport:
+    """Values of one device, grouped by event time (None: server time), optionally in a module."""
+
+    __slots__ = ("device", "groups", "module", "payload", "topic")
+
+    def __init__(
+        self,
+        device: DeviceInfo,
+        groups: list[tuple[int | None, dict[str, Any]]],
+        module: str | None = None,
+        topic: str = "",
+        payload: bytes = b"",
+    ) -> None:
+        self.device = device
+        self.groups = groups
+        self.module = module
+        self.topic = topic
+        self.payload = payload
+
+
+class DeviceCore:
+    def __init__(
+        self, settings: Settings, registry: Registry, ingestor: Ingestor, signer: TokenSigner, ids: MessageIds
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.ingestor = ingestor
+        self.signer = signer
+        self.ids = ids
+        self.limiter = RateLimiter(settings.device_rate_per_s, settings.device_rate_burst)
+        self.last_seen: dict[int, int] = {}
+        ingestor.after_commit.append(self._note_seen)
+
+    # -- credentials ----------------------------------------------------------------------
+    async def credentials(self, product_key: str, device_name: str) -> DeviceRow:
+        """The device with its secret, for checking a signature. Unknown and disabled both fail."""
+        row = await self.registry.storage.get_device(product_key, device_name)
+        if row is None:
+            raise AuthFailed(f"device {product_key}/{device_name} does not exist")
+        if not row.enabled:
+            raise DeviceDisabled(f"device {product_key}/{device_name} is disabled")
+        return row
+
+    def issue_token(self, device: DeviceRow, dialect: int, ttl_s: int) -> tuple[str, int]:
+        token, claims = self.signer.issue(device.id, device.generation, dialect, ttl_s)
+        return token, claims.issued_ms
+
+    async def device_for_token(self, token: str, dialect: int, grace_s: int | None = None) -> DeviceInfo:
+        """The device a token speaks for. grace_s: how long a token outlives a newer one."""
+        try:
+            claims = self.signer.verify(token, dialect)
+        except TokenError as exc:
+            raise (TokenExpired if exc.expired else TokenInvalid)(str(exc)) from None
+        info = await self.registry.info(claims.device_id)
+        if info is None:
+            raise TokenInvalid("the token's device no longer exists")
+        if not info.enabled:
+            raise TokenInvalid("the device is disabled")
+        if info.generation != claims.generation:
+            raise TokenInvalid("the token was revoked (device secret reset or device re-enabled)")
+        if grace_s is not None and claims.issued_ms < info.token_epoch_ms:
+            if now_ms() > info.token_epoch_ms + grace_s * 1000:
+                raise TokenExpired("the token was replaced by a newer one")
+        return info
+
+    def check_rate(self, device: DeviceInfo, rate: float | None = None) -> None:
+        if not self.limiter.allow(device.id, rate):
+            raise RateLimited(f"device {device.device_name} exceeded {rate or self.limiter.rate:g} requests/s")
+
+    async def product_rate(self, device: DeviceInfo) -> float | None:
+        product = await self.registry.product_cached(device.product_key)
+        return product.rate_per_s if product else None
+
+    # -- reports --------------------------------------------------------------------------
+    async def validate(self, report: PropertyReport) -> list[tuple[int, dict[str, Any]]]:
+        """Accepted (ts, values) groups, or ReportRejected naming every bad value."""
+        model = await self.registry.compiled_model(report.device.product_key)
+        if model is None:
+            raise ReportRejected(
+                f"product {report.device.product_key} has no published thing model",
+                [{"identifier": "", "rule": "model", "message": "publish the product's thing model first"}],
+            )
+        now = now_ms()
+        out: list[tuple[int, dict[str, Any]]] = []
+        issues: list[ValidationIssue] = []
+        for ts, values in report.groups:
+            accepted, bad = model.validate_properties(values, report.module)
+            issues.extend(bad)
+            if ts is not None and ts > now + MAX_FUTURE_MS:
+                issues.append(
+                    ValidationIssue(
+                        identifier=",".join(values),
+                        rule="time",
+                        message=f"time {ts} is more than 24 h in the future",
+                    )
+                )
+            out.append((now if ts is None else ts, accepted))
+        if issues:
+            raise ReportRejected("; ".join(i.message for i in issues), [_issue(i) for i in issues])
+        return out
+
+    async def report_properties(self, report: PropertyReport) -> int:
+        """Validate, commit, and return the message ID. Rejections are recorded, then raised."""
+        try:
+            groups = await self.validate(report)
+        except ReportRejected as rejected:
+            await self.record_rejection(report.device, str(rejected), report.topic, report.payload)
+            raise
+        return await self._commit_groups([(report.device, groups)])
+
+    async def report_many(self, reports: list[PropertyReport]) -> int:
+        """A gateway batch: all children valid, or nothing is stored (each rejection recorded)."""
+        accepted: list[tuple[DeviceInfo, list[tuple[int, dict[str, Any]]]]] = []
+        failures: list[tuple[PropertyReport, ReportRejected]] = []
+        for report in reports:
+            try:
+                accepted.append((report.device, await self.validate(report)))
+            except ReportRejected as exc:
+                failures.append((report, exc))
+        if failures:
+            for report, failure in failures:
+                await self.record_rejection(report.device, str(failure), report.topic, report.payload)
+            issues = [dict(i, deviceId=r.device.device_id) for r, e in failures for i in e.issues]
+            message = "; ".join(f"{r.device.device_id}: {e}" for r, e in failures)
+            raise ReportRejected(message, issues)
+        return await self._commit_groups(accepted)
+
+    async def _commit_groups(self, items: list[tuple[DeviceInfo, list[tuple[int, dict[str, Any]]]]]) -> int:
+        received = now_ms()
+        futures = []
+        first_id = 0
+        for device, groups in items:
+            for ts, values in groups:
+                message_id = self.ids.next()
+                first_id = first_id or message_id
+                record = Record(
+                    message_id=message_id,
+                    device_id=device.id,
+                    kind="property",
+                    ts=ts,
+                    received_at=received,
+                    values=values,
+                )
+                futures.append(self.ingestor.submit(record))
+        for fut in futures:
+            await fut
+        return first_id
+
+    async def report_event(
+        self,
+        device: DeviceInfo,
+        identifier: str,
+        params: dict[str, Any],
+        ts: int | None,
+        topic: str,
+        payload: bytes,
+    ) -> int:
+        model = await self.registry.compiled_model(device.product_key)
+        if model is None:
+            message = f"product {device.product_key} has no published thing model"
+            await self.record_rejection(device, message, topic, payload)
+            raise ReportRejected(message, [])
+        _, issues = model.validate_event(identifier, params)
+        if issues:
+            message = "; ".join(i.message for i in issues)
+            await self.record_rejection(device, message, topic, payload)
+            raise ReportRejected(message, [_issue(i) for i in issues])
+        return await self.store(device, "event", topic, payload, identifier=identifier, ts=ts)
+
+    async def store(
+        self,
+        device: DeviceInfo,
+        kind: str,
+        topic: str,
+        payload: bytes,
+        identifier: str = "",
+        ts: int | None = None,
+    ) -> int:
+        """Commit a raw message (custom topic, messages/up, device info, OTA version, event)."""
+        received = now_ms()
+        message_id = self.ids.next()
+        await self.ingestor.submit(
+            Record(
+                message_id=message_id,
+                device_id=device.id,
+                kind=kind,
+                ts=ts or received,
+                received_at=received,
+                topic=topic,
+                identifier=identifier,
+                payload=payload,
+            )
+        )
+        return message_id
+
+    async def record_rejection(self, device: DeviceInfo, reason: str, topic: str, payload: bytes) -> None:
+        received = now_ms()
+        await self.ingestor.submit(
+            Record(
+                message_id=self.ids.next(),
+                device_id=device.id,
+                kind="rejected",
+                ts=received,
+                received_at=received,
+                topic=topic,
+                payload=payload,
+                detail=reason[:2000],
+            )
+        )
+
+    def _note_seen(self, records: list[Record]) -> None:
+        seen = self.last_seen
+        for r in records:
+            if r.kind != "rejected" and seen.get(r.device_id, 0) < r.received_at:
+                seen[r.device_id] = r.received_at
+
+
+def _issue(issue: ValidationIssue) -> dict[str, Any]:
+    return {"identifier": issue.identifier, "rule": issue.rule, "message": issue.message}

@@ -1,0 +1,57 @@
+"""Routes device requests to their dialect; both dialects share one listener."""
+
+from __future__ import annotations
+
+import logging
+
+from iotgate.core import DeviceCore
+from iotgate.gateway import alink, iotda
+from iotgate.gateway.http import Request, Response
+from iotgate.ingest.pipeline import ShuttingDown
+
+log = logging.getLogger("iotgate.gateway")
+
+
+def _is_iotda(path: str) -> bool:
+    return path.startswith("/v5/")
+
+
+class DeviceRouter:
+    def __init__(self, core: DeviceCore) -> None:
+        self.alink = alink.AlinkDialect(core)
+        self.iotda = iotda.IotdaDialect(core)
+
+    def body_limit(self, path: str) -> int:
+        return iotda.BODY_LIMIT if _is_iotda(path) else alink.BODY_LIMIT
+
+    def too_large(self, path: str) -> Response:
+        if _is_iotda(path):
+            return iotda.error(403, "IOTDA.021105", "The content reported in a single request cannot exceed 1 MB.")
+        return alink.reply(alink.PARAM_ERROR, "param error: body exceeds the 128 KB limit")
+
+    def bad_request(self, path: str, reason: str) -> Response:
+        if _is_iotda(path):
+            return iotda.error(400, "IOTDA.000006", f"Invalid input data: {reason}")
+        return Response(400, alink.reply(alink.PARAM_ERROR, f"param error: {reason}").body)
+
+    def failure(self, path: str) -> Response:
+        if _is_iotda(path):
+            return iotda.error(503, "IOTDA.000001", "Service temporarily unavailable; retry later.")
+        return Response(503, alink.reply(alink.COMMON_ERROR, "common error: server unavailable, retry later").body)
+
+    async def handle(self, req: Request) -> Response:
+        path = req.path
+        if req.method != b"POST":
+            if _is_iotda(path):
+                return iotda.error(405, "IOTDA.000006", f"Invalid input data: {req.method.decode()} is not allowed")
+            return Response(405, alink.reply(alink.PARAM_ERROR, "param error: only POST is supported").body)
+        try:
+            if path == "/auth":
+                return await self.alink.auth(req)
+            if path.startswith("/topic/"):
+                return await self.alink.topic(req)
+            if _is_iotda(path):
+                return await self.iotda.handle(req)
+        except ShuttingDown:
+            return self.failure(path)
+        return Response(404, alink.reply(alink.PARAM_ERROR, f"param error: no such endpoint {path}").body)

@@ -1,0 +1,181 @@
+"""Shared fixtures: a real `iotgate serve` process on free ports, and admin/device helpers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+SEED_MODEL: dict[str, Any] = {
+    "properties": [
+        {
+            "identifier": "temperature",
+            "name": "Temperature",
+            "accessMode": "r",
+            "dataType": {"type": "int32", "specs": {"min": -10, "max": 50, "step": 1, "unit": "°C"}},
+        },
+        {
+            "identifier": "humidity",
+            "name": "Humidity",
+            "accessMode": "r",
+            "dataType": {"type": "int32", "specs": {"min": 1, "max": 100, "step": 1, "unit": "%"}},
+        },
+    ]
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`iotgate serve` in a subprocess with its own data dir and ports."""
+
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.device_port = free_port()
+        self.admin_port = free_port()
+        self.extra = list(extra)
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def plain(self) -> bool:
+        return "--device-plain-http" in self.extra
+
+    @property
+    def device_url(self) -> str:
+        return f"{'http' if self.plain else 'https'}://127.0.0.1:{self.device_port}"
+
+    @property
+    def admin_key(self) -> str:
+        return self.env.get("IOTGATE_ADMIN_KEY") or (self.data_dir / "admin-key").read_text().strip()
+
+    @property
+    def cert(self) -> str:
+        return str(self.data_dir / "device-cert.pem")
+
+    def start(self, timeout: float = 30) -> ServerProcess:
+        cmd = [
+            sys.executable,
+            "-m",
+            "iotgate.cli",
+            "serve",
+            "--data-dir",
+            str(self.data_dir),
+            "--device-host",
+            "127.0.0.1",
+            "--device-port",
+            str(self.device_port),
+            "--admin-port",
+            str(self.admin_port),
+            *self.extra,
+        ]
+        env = {**os.environ, **self.env}
+        self.log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.admin_url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not become healthy:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        code = self.proc.returncode
+        self.proc = None
+        return code
+
+    def admin(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.admin_url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30
+        )
+
+    def device_client(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(base_url=self.device_url, verify=False if not self.plain else True, timeout=30, **kw)
+
+
+class Admin:
+    """Small helpers over the management API for tests."""
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.c = client
+
+    def product(self, model: dict[str, Any] | None = None, node_type: str = "direct", name: str = "collector") -> str:
+        r = self.c.post(
+            "/api/v1/products",
+            json={"name": name, "nodeType": node_type, "dataFormat": "alink-json", "authType": "device-secret"},
+        )
+        assert r.status_code == 201, r.text
+        pk = str(r.json()["productKey"])
+        if model is not None:
+            r = self.c.put(f"/api/v1/products/{pk}/thing-model", json=model)
+            assert r.status_code == 200, r.text
+            r = self.c.post(f"/api/v1/products/{pk}/thing-model/publish")
+            assert r.status_code == 200, r.text
+        return pk
+
+    def device(self, pk: str, name: str | None = None) -> dict[str, Any]:
+        r = self.c.post(f"/api/v1/products/{pk}/devices", json={"deviceName": name} if name else {})
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def properties(self, pk: str, dn: str) -> dict[str, Any]:
+        r = self.c.get(f"/api/v1/products/{pk}/devices/{dn}/properties")
+        assert r.status_code == 200, r.text
+        return {p["identifier"]: p for p in r.json()["items"]}
+
+    def messages(self, pk: str, dn: str, kind: str | None = None) -> list[dict[str, Any]]:
+        r = self.c.get(f"/api/v1/products/{pk}/devices/{dn}/messages", params={"kind": kind} if kind else {})
+        assert r.status_code == 200, r.text
+        return list(r.json()["items"])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One TLS server per test module (the embedded default: SQLite, self-signed certificate)."""
+    proc = ServerProcess(tmp_path_factory.mktemp("srv") / "data").start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def admin(server: ServerProcess) -> Iterator[Admin]:
+    with server.admin() as client:
+        yield Admin(client)
+
+
+@pytest.fixture(scope="module")
+def seed_product(admin: Admin) -> str:
+    return admin.product(SEED_MODEL)
