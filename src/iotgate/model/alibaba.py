@@ -252,12 +252,17 @@ def import_alibaba(doc: object) -> ThingModel:
 # --------------------------------------------------------------------------------------------- export
 
 
+def _clamp_int32(n: int) -> int:
+    """TSL ``int`` is 32-bit: an int64 range is clamped (the exact type/range travels in the stash)."""
+    return max(-(2**31), min(2**31 - 1, n))
+
+
 def _dt_out(dt: dict[str, Any], item: bool = False) -> dict[str, Any]:
     t = dt["type"]
     s = dt["specs"]
     specs: Any
     if t in ("int32", "int64", "float", "double"):
-        specs = {k: num_str(s[k]) for k in ("min", "max", "step") if k in s}
+        specs = {k: num_str(_clamp_int32(s[k]) if t == "int64" else s[k]) for k in ("min", "max", "step") if k in s}
         specs.update({k: s[k] for k in ("unit", "unitName") if k in s})
         if item and not specs:
             return {"type": _TYPE_OUT[t]}
