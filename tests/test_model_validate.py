@@ -339,3 +339,11 @@ def test_imported_huawei_model() -> None:
     _, issues = cm.validate_properties({"batteryVoltage": 3.705}, module="battery")
     assert _rules(issues) == [("battery:batteryVoltage", "step")]
     assert cm.validate_properties({"batteryVoltage": 3.7}, module="battery")[1] == []
+
+
+def test_properties_in_model_order(cm: CompiledModel) -> None:
+    ids = [i for i, _ in cm.properties()]
+    assert ids[0] == "i" and ids[-1] == "battery:level"
+    level = cm.property("battery:level")
+    assert level is not None and level.identifier == "level" and level.required
+    assert cm.event("battery:low") is not None and cm.service("reboot") is not None
