@@ -187,3 +187,12 @@ def vendor_field(x: dict[str, Any], vendor: str, key: str) -> Any:
     """A kept vendor field of an iotgate object (``None`` if absent)."""
     ext = (x.get("extensions") or {}).get(vendor)
     return ext.get(key) if isinstance(ext, dict) else None
+
+
+def strip_extensions(x: Any) -> Any:
+    """A copy of a vendor document without iotgate's ``extensions`` keys (for strict vendor consoles)."""
+    if isinstance(x, dict):
+        return {k: strip_extensions(v) for k, v in x.items() if k != "extensions"}
+    if isinstance(x, list):
+        return [strip_extensions(v) for v in x]
+    return x

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._convert import finish_export, finish_import, int_in, lst, num_in, num_str, obj
+from ._convert import finish_export, finish_import, int_in, lst, num_in, num_str, obj, strip_extensions
 from .types import ModelError, ThingModel, model_to_dict, parse_model
 
 __all__ = ["TSL_SCHEMA", "export_alibaba", "export_alibaba_module", "import_alibaba"]
@@ -429,9 +429,13 @@ def _doc_out(d: dict[str, Any], product_key: str) -> dict[str, Any]:
     return out
 
 
-def export_alibaba(model: ThingModel, product_key: str) -> dict[str, Any]:
-    """Export a model as an Alibaba TSL document (see the module docstring for the mapping)."""
-    return _doc_out(model_to_dict(model), product_key)
+def export_alibaba(model: ThingModel, product_key: str, *, extensions: bool = True) -> dict[str, Any]:
+    """Export a model as an Alibaba TSL document (see the module docstring for the mapping).
+
+    ``extensions=False`` omits iotgate's ``extensions`` objects (plain TSL for Alibaba's console; the export is
+    then lossy where TSL cannot express the model)."""
+    doc = _doc_out(model_to_dict(model), product_key)
+    return doc if extensions else strip_extensions(doc)
 
 
 def export_alibaba_module(model: ThingModel, module: str, product_key: str) -> dict[str, Any]:

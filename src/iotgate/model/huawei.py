@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._convert import finish_export, finish_import, int_in, lst, num_in, num_str, obj, vendor_field
+from ._convert import finish_export, finish_import, int_in, lst, num_in, num_str, obj, strip_extensions, vendor_field
 from .types import DEFAULT_MODULE, TEXT_MAX_LENGTH, ModelError, ThingModel, model_to_dict, parse_model
 
 __all__ = ["export_huawei", "import_huawei"]
@@ -453,8 +453,11 @@ def _service_out(m: dict[str, Any]) -> dict[str, Any]:
     return finish_export(m, VENDOR, mapped, _SERVICE_DEFAULTS, lambda o: _service_in(o, ""), ("name", "description"))
 
 
-def export_huawei(model: ThingModel, product_id: str) -> dict[str, Any]:
-    """Export a model as a Huawei IoTDA product model (see the module docstring for the mapping)."""
+def export_huawei(model: ThingModel, product_id: str, *, extensions: bool = True) -> dict[str, Any]:
+    """Export a model as a Huawei IoTDA product model (see the module docstring for the mapping).
+
+    ``extensions=False`` omits iotgate's ``extensions`` objects (plain product model for Huawei's console;
+    the export is then lossy where the product model cannot express the model)."""
     d = model_to_dict(model)
     exts = dict(d.get("extensions") or {})
     hw = exts.pop(VENDOR, None)
@@ -471,4 +474,4 @@ def export_huawei(model: ThingModel, product_id: str) -> dict[str, Any]:
     out: dict[str, Any] = {"product_id": product_id, **hw, "service_capabilities": caps}
     if exts:
         out["extensions"] = exts
-    return out
+    return out if extensions else strip_extensions(out)
