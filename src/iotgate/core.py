@@ -67,12 +67,14 @@ class DeviceCore:
         ingestor.after_commit.append(self._note_seen)
 
     # -- credentials ----------------------------------------------------------------------
-    async def credentials(self, product_key: str, device_name: str) -> DeviceRow:
-        """The device with its secret, for checking a signature. Unknown and disabled both fail."""
+    async def credentials(self, product_key: str, device_name: str, *, allow_disabled: bool = False) -> DeviceRow:
+        """The device with its secret, for checking a signature. Unknown and disabled both fail
+        (allow_disabled: the caller checks `enabled` itself, after the signature, so that only a
+        device holding the secret learns that it is disabled)."""
         row = await self.registry.storage.get_device(product_key, device_name)
         if row is None:
             raise AuthFailed(f"device {product_key}/{device_name} does not exist")
-        if not row.enabled:
+        if not row.enabled and not allow_disabled:
             raise DeviceDisabled(f"device {product_key}/{device_name} is disabled")
         return row
 
