@@ -107,14 +107,22 @@ class ServerLimits:
 
 
 class HttpConnection(asyncio.Protocol):
+    """One device connection. Requests are parsed as bytes arrive, queued, and answered strictly
+    in arrival order (pipelining). An error found while parsing (malformed HTTP, oversized header
+    or body) is queued behind the requests already parsed, answered with `Connection: close`, and
+    the rest of the input is swallowed (up to DISCARD_LIMIT) so the client reads the reply
+    instead of a connection reset."""
+
     __slots__ = (
         "_body",
         "_body_size",
         "_busy",
         "_discard_left",
+        "_error_sent",
+        "_failed",
         "_header_bytes",
-        "_header_name",
         "_headers",
+        "_in_message",
         "_limit",
         "_queue",
         "_url",
@@ -131,21 +139,28 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.client = ""
-        self._queue: deque[Request] = deque()
+        self._queue: deque[Request | Response] = deque()  # a Response is a final error reply
         self._busy = False
         self.closed = False
         self.deadline = 0.0
-        self._discard_left = -1  # ≥ 0: an error was answered; swallow the rest of the body, then close
+        self._failed = False  # an error reply is queued or sent: input is no longer parsed
+        self._error_sent = False
+        self._discard_left = 0  # input bytes still swallowed after an error reply
+        self._in_message = False
         self._reset()
 
     def _reset(self) -> None:
         self._url = b""
         self._headers: dict[str, str] = {}
-        self._header_name = b""
         self._header_bytes = 0
         self._body: list[bytes] = []
         self._body_size = 0
         self._limit = 0
+
+    @property
+    def in_flight(self) -> bool:
+        """A request is being received, processed or answered."""
+        return self._busy or bool(self._queue) or (self._in_message and not self._failed)
 
     # -- connection events ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -153,7 +168,8 @@ class HttpConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
         if not self.server.admit(self):
-            transport.abort()
+            assert self.transport is not None
+            self.transport.abort()
             return
         self.deadline = self.server.now() + self.server.limits.header_timeout_s
 
@@ -162,17 +178,17 @@ class HttpConnection(asyncio.Protocol):
         self.server.release(self)
 
     def data_received(self, data: bytes) -> None:
-        if self._discard_left >= 0:
-            self._discard_left -= len(data)
-            if self._discard_left <= 0:
-                self.close()
+        if self._failed:
+            self._swallow(len(data))
             return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(self.server.app.bad_request(self._path(), "protocol upgrade is not supported"))
         except httptools.HttpParserError as exc:
-            self._fail(self.server.app.bad_request(self._path(), f"malformed HTTP request: {exc}"))
+            # a refusal raised in a callback arrives here wrapped; it has been answered already
+            if not self._failed:
+                self._fail(self.server.app.bad_request(self._path(), f"malformed HTTP request: {exc}"))
         except _Refused:
             pass
 
@@ -186,6 +202,8 @@ class HttpConnection(asyncio.Protocol):
     # -- parser callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_message = True
+        # the whole header must arrive within header_timeout_s of its first byte (slowloris)
         self.deadline = self.server.now() + self.server.limits.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
@@ -206,13 +224,18 @@ class HttpConnection(asyncio.Protocol):
         self._limit = self.server.app.body_limit(path)
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._limit:
+            # refused from the header alone: the body is never read into memory
             self._fail(self.server.app.too_large(path), discard=int(length))
             raise _Refused
         self.deadline = self.server.now() + self.server.limits.body_timeout_s
+        expect = self._headers.get("expect")
+        if expect is not None and expect.lower() == "100-continue" and self.transport is not None:
+            if not self._busy and not self._queue:  # never ahead of an earlier pipelined reply
+                self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
         self._body_size += len(body)
-        if self._body_size > self._limit:  # chunked or lying Content-Length
+        if self._body_size > self._limit:  # chunked body over the limit
             self._fail(self.server.app.too_large(self._path()), discard=DISCARD_LIMIT)
             raise _Refused
         self._body.append(body)
@@ -220,7 +243,11 @@ class HttpConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         req = Request()
         req.method = self.parser.get_method()
-        url = httptools.parse_url(self._url)
+        try:
+            url = httptools.parse_url(self._url)
+        except httptools.HttpParserInvalidURLError:
+            self._fail(self.server.app.bad_request("/", "the request target is not a valid URL path"))
+            raise _Refused from None
         req.path = url.path.decode("latin-1") if url.path else "/"
         req.query = url.query.decode("latin-1") if url.query else ""
         req.headers = self._headers
@@ -229,49 +256,79 @@ class HttpConnection(asyncio.Protocol):
         req.keep_alive = self.parser.should_keep_alive()
         req.client = self.client
         self._reset()
+        self._in_message = False
         self._queue.append(req)
         self.deadline = self.server.now() + self.server.limits.idle_timeout_s
         if len(self._queue) >= MAX_PIPELINED and self.transport:
             self.transport.pause_reading()
+        self._kick()
+
+    # -- replies --------------------------------------------------------------------------
+    def _kick(self) -> None:
         if not self._busy:
             self._busy = True
             self.server.loop.create_task(self._process())
 
-    # -- replies --------------------------------------------------------------------------
     async def _process(self) -> None:
         try:
             while self._queue and not self.closed:
-                req = self._queue.popleft()
+                item = self._queue.popleft()
+                if isinstance(item, Response):  # the final error reply of a refused request
+                    self._send_error(item)
+                    return
                 try:
-                    resp = await self.server.app.handle(req)
+                    resp = await self.server.app.handle(item)
                 except Exception:
-                    log.exception("device request %s failed", req.path)
-                    resp = self.server.app.failure(req.path)
-                keep = req.keep_alive and not resp.close and not self.server.closing
+                    log.exception("device request %s failed", item.path)
+                    resp = self.server.app.failure(item.path)
                 if self.transport is None or self.closed:
                     return
-                self.transport.write(render(resp, keep, req.version == "1.0"))
+                keep = item.keep_alive and not resp.close and not self.server.closing
+                if self._failed and not self._queue:
+                    keep = False
+                self.transport.write(render(resp, keep, item.version == "1.0"))
                 if not keep:
                     self.close()
                     return
-                if len(self._queue) < MAX_PIPELINED:
+                if len(self._queue) < MAX_PIPELINED and not self._failed:
                     self.transport.resume_reading()
                 self.deadline = self.server.now() + self.server.limits.idle_timeout_s
         finally:
             self._busy = False
 
     def _fail(self, resp: Response, discard: int = 0) -> None:
-        """Answer an error at once and close; swallow up to `discard` more bytes so the
-        client reads the reply instead of a connection reset."""
+        """Stop parsing; answer `resp` after the replies already owed, then close. Swallow up
+        to `discard` more input bytes so the client gets to read the reply."""
+        if self._failed or self.transport is None or self.closed:
+            return
+        self._failed = True
+        self._in_message = False
+        self._discard_left = min(discard, DISCARD_LIMIT)
+        if self._busy or self._queue:
+            self._queue.append(resp)
+            self._kick()
+        else:
+            self._send_error(resp)
+
+    def _send_error(self, resp: Response) -> None:
         if self.transport is None or self.closed:
             return
         self.transport.write(render(resp, False, False))
+        self._error_sent = True
         self._queue.clear()
-        if discard > 0:
-            self._discard_left = min(discard, DISCARD_LIMIT)
+        if self._discard_left > 0:
+            self.transport.resume_reading()
             self.deadline = self.server.now() + LINGER_S
         else:
             self.close()
+
+    def _swallow(self, size: int) -> None:
+        self._discard_left -= size
+        if self._discard_left <= 0:
+            if self._error_sent:
+                self.close()
+            elif self.transport is not None:
+                self.transport.pause_reading()  # the reply is still queued; stop reading until it is sent
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -368,7 +425,11 @@ class DeviceServer:
         for server in self._servers:
             server.close()
         deadline = self.now() + grace_s
-        while any(c._busy or c._queue for c in self.connections) and self.now() < deadline:
+        # requests being received, processed or answered finish (bounded by grace_s and by the
+        # header/body timeouts the sweeper keeps enforcing); idle keep-alive connections just close
+        for conn in [c for c in self.connections if not c.in_flight]:
+            conn.close()
+        while any(c.in_flight for c in self.connections) and self.now() < deadline:
             await asyncio.sleep(0.02)
         for conn in list(self.connections):
             conn.close()
