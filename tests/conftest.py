@@ -123,7 +123,7 @@ class ServerProcess:
         )
 
     def device_client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.device_url, verify=False if not self.plain else True, timeout=30, **kw)
+        return httpx.Client(base_url=self.device_url, verify=self.plain, timeout=30, **kw)
 
 
 class Admin:

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 from conftest import SEED_MODEL, Admin, ServerProcess
-
 from iotgate.auth.signing import alink_auth_body, iotda_auth_body
 
 

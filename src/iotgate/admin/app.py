@@ -14,7 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iotgate.admin import api
 from iotgate.admin.errors import ApiError, error_response, handle_error
-from iotgate.errors import CoreError
+from iotgate.errors import Conflict, CoreError
 from iotgate.model import ModelError
 
 if TYPE_CHECKING:
@@ -35,6 +35,10 @@ class AdminKeyAuth:
             path: str = scope["path"]
             if path.startswith("/api/") and not path.startswith(PUBLIC_PREFIXES):
                 if not self.authorized(scope):
+                    if scope.get("iotgate.csrf_failed"):  # a console session without its CSRF token
+                        resp = error_response(403, "csrf_failed", "the X-CSRF-Token header is missing or wrong")
+                        await resp(scope, receive, send)
+                        return
                     resp = error_response(401, "unauthorized", "send the admin key as 'Authorization: Bearer <key>'")
                     resp.headers["WWW-Authenticate"] = "Bearer"
                     await resp(scope, receive, send)
@@ -90,6 +94,7 @@ def create_admin_app(platform: Platform) -> ASGIApp:
         routes=routes,
         exception_handlers={
             CoreError: handle_error,
+            Conflict: handle_error,
             ApiError: handle_error,
             ModelError: handle_error,
             HTTPException: handle_error,

@@ -264,6 +264,8 @@ def _doc_in(doc: object) -> dict[str, Any]:
     d = obj(doc, "")
     res: dict[str, Any] = {"properties": [], "events": [], "services": [], "modules": []}
     extra: dict[str, Any] = {}
+    if "service_capabilities" not in d:
+        raise ModelError("service_capabilities: required (a Huawei product model lists its services there)")
     caps = lst(d.get("service_capabilities"), "service_capabilities")
     for i, svc in enumerate(caps):
         path = f"service_capabilities[{i}]"
