@@ -1,16 +1,20 @@
 """Huawei Cloud IoTDA HTTPS dialect: `/v5/device-auth` and `/v5/devices/{id}/sys/...` (protocols.md §2).
 
-Errors are `{"error_code": "IOTDA.xxxxxx", "error_msg": "..."}` with the documented status.
-A gateway batch is all-or-nothing: one invalid child rejects the whole request, and the
-message names every bad child (docs/protocols.md explains why).
+Errors are `{"error_code": "IOTDA.xxxxxx", "error_msg": "..."}` with the documented status; the
+message starts with Huawei's documented text and then says what exactly was wrong.
+A gateway batch is all-or-nothing: one invalid child rejects the whole request, the message names
+every bad child, and every rejection is recorded (docs/iotda.md explains why).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 
@@ -23,39 +27,112 @@ from iotgate.registry.service import DeviceInfo, split_device_id
 
 BODY_LIMIT = 1024 * 1024
 MAX_SUB_DEVICES = 50
+HOUR_S = 3600
+# Huawei documents [A-Za-z0-9_-]; iotgate device names may also hold . @ : (device_id = {ProductKey}_{DeviceName})
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_\-.@:]{1,128}$")
+PASSWORD_RE = re.compile(r"^[0-9A-Fa-f]{64}$")
+ACTIONS = ("messages/up", "properties/report", "gateway/sub-devices/properties/report")
+EVENT_TIME_FORMATS = ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y%m%dT%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ")
+
+INVALID_INPUT = "IOTDA.000006"
+AUTH_FAILED = "IOTDA.000002"
+INVALID_TOKEN = "IOTDA.000004"
+RATE_LIMITED = "IOTDA.021101"
+NOT_A_SUB_DEVICE = "IOTDA.021104"
+TOO_LARGE = "IOTDA.021105"
+
+_DUMMY_SECRET = secrets.token_hex(16)  # checked for unknown devices, so they cost what known ones do
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 OK = Response(200, b"")
 
 
 class IotdaError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, detail: str = "") -> None:
         super().__init__(message)
         self.status = status
         self.code = code
+        self.detail = detail or message
 
 
 def error(status: int, code: str, message: str) -> Response:
     return Response(status, _encode({"error_code": code, "error_msg": message}))
 
 
-def invalid(message: str) -> IotdaError:
-    return IotdaError(400, "IOTDA.000006", f"Invalid input data: {message}")
+def invalid(detail: str) -> IotdaError:
+    return IotdaError(400, INVALID_INPUT, f"Invalid input data: {detail}", detail)
 
 
-def parse_event_time(value: object, where: str) -> int | None:
-    """`yyyy-MM-dd'T'HH:mm:ss.SSS'Z'` or `yyyyMMdd'T'HHmmss'Z'`; absent means server time."""
-    if value is None or value == "":
+def auth_failed(detail: str) -> IotdaError:
+    return IotdaError(401, AUTH_FAILED, f"Authentication failed: {detail}", detail)
+
+
+def bad_token(detail: str) -> IotdaError:
+    return IotdaError(403, INVALID_TOKEN, f"Invalid access token: {detail}", detail)
+
+
+def not_sub_devices(detail: str) -> IotdaError:
+    return IotdaError(
+        400,
+        NOT_A_SUB_DEVICE,
+        f"Subdevices in the request does not exist or does not belong to the gateway: {detail}",
+        detail,
+    )
+
+
+def timestamp_in_window(stamp_s: float, now_s: float, skew_s: int) -> bool:
+    """sign_type 1: does some instant of the hour `stamp_s` names lie within ±skew_s of `now_s`?
+
+    A device clock reading t gives the stamp floor_hour(t); |t − now| ≤ skew for some t in
+    [stamp, stamp + 1 h) ⇔ now − skew ≤ … ⇔ −skew ≤ now − stamp < 1 h + skew.
+    """
+    return -skew_s <= now_s - stamp_s < HOUR_S + skew_s
+
+
+def parse_event_time(value: object) -> int | None:
+    """`yyyy-MM-dd'T'HH:mm:ss.SSS'Z'` or `yyyyMMdd'T'HHmmss'Z'` → ms; absent or not in either
+    format → None (server time), as IoTDA documents."""
+    if not isinstance(value, str) or not value:
         return None
-    if not isinstance(value, str):
-        raise invalid(f"{where} must be a string like 2021-08-13T10:10:10.555Z or 20210813T101010Z")
-    for fmt in ("%Y-%m-%dT%H:%M:%S.%fZ", "%Y%m%dT%H%M%SZ", "%Y-%m-%dT%H:%M:%SZ"):
+    for fmt in EVENT_TIME_FORMATS:
         try:
             return int(datetime.strptime(value, fmt).replace(tzinfo=UTC).timestamp() * 1000)
         except ValueError:
             continue
-    raise invalid(f"{where} {value!r} is not yyyy-MM-dd'T'HH:mm:ss.SSS'Z' or yyyyMMdd'T'HHmmss'Z'")
+    return None
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        doc = _decode(body.rstrip(b"\x00"))
+    except msgspec.DecodeError as exc:
+        raise invalid(f"body is not valid JSON ({exc})") from None
+    if not isinstance(doc, dict):
+        raise invalid("body must be a JSON object")
+    return doc
+
+
+def service_reports(
+    device: DeviceInfo, doc: dict[str, Any], where: str, topic: str, payload: bytes
+) -> list[PropertyReport]:
+    """`{"services": [{service_id, properties, event_time?}, ...]}` → one report per service.
+    Structure only; values are checked against the thing model by the core."""
+    services = doc.get("services")
+    if not isinstance(services, list) or not services:
+        raise invalid(f"{where}services must be a non-empty list of {{service_id, properties, event_time}}")
+    reports = []
+    for i, service in enumerate(services):
+        at = f"{where}services[{i}]"
+        if not isinstance(service, dict):
+            raise invalid(f"{at} must be an object")
+        service_id, props = service.get("service_id"), service.get("properties")
+        if not isinstance(service_id, str) or not service_id:
+            raise invalid(f"{at}.service_id is missing or not a string (use 'default' for the default module)")
+        if not isinstance(props, dict) or not props:
+            raise invalid(f"{at}.properties must be a non-empty object of property values")
+        ts = parse_event_time(service.get("event_time"))
+        reports.append(PropertyReport(device, [(ts, props)], module=service_id, topic=topic, payload=payload))
+    return reports
 
 
 class IotdaDialect:
@@ -73,133 +150,150 @@ class IotdaDialect:
 
     # -- /v5/device-auth ------------------------------------------------------------------
     async def _auth(self, req: Request) -> Response:
-        doc = self._json(req.body)
-        device_id, sign_type = doc.get("device_id"), doc.get("sign_type", 0)
+        doc = _json_object(req.body)
+        device_id, sign_type = doc.get("device_id"), doc.get("sign_type")
         timestamp, password = doc.get("timestamp"), doc.get("password")
         if not isinstance(device_id, str) or not DEVICE_ID_RE.match(device_id):
-            raise invalid("device_id must be 1-128 characters of letters, digits, _ and -")
-        if isinstance(sign_type, str) and sign_type.isdigit():
+            raise invalid("device_id must be a string of 1-128 letters, digits, _ and - ({ProductKey}_{DeviceName})")
+        if isinstance(sign_type, str) and sign_type in ("0", "1"):
             sign_type = int(sign_type)
-        if sign_type not in (0, 1) or isinstance(sign_type, bool):
-            raise invalid("sign_type must be 0 or 1")
+        if type(sign_type) is not int or sign_type not in (0, 1):
+            raise invalid(f"sign_type must be 0 (check the password only) or 1 (also the timestamp), not {sign_type!r}")
         if not isinstance(timestamp, str) or len(timestamp) != 10 or not timestamp.isdigit():
-            raise invalid("timestamp must be the UTC hour as YYYYMMDDHH (10 digits)")
+            raise invalid(f"timestamp must be the UTC hour as a 10-digit string YYYYMMDDHH, not {timestamp!r}")
         try:
-            stamp = datetime.strptime(timestamp, "%Y%m%d%H").replace(tzinfo=UTC)
+            stamp = datetime.strptime(timestamp, "%Y%m%d%H").replace(tzinfo=UTC).timestamp()
         except ValueError:
-            raise invalid(f"timestamp {timestamp} is not a valid YYYYMMDDHH") from None
-        if not isinstance(password, str) or not password:
-            raise invalid("password is missing")
-        if sign_type == 1 and abs(time.time() - stamp.timestamp()) > self.settings.iotda_timestamp_skew_s + 3599:
-            # the stamp names an hour; allow the whole hour plus the configured skew
-            raise IotdaError(401, "IOTDA.000002", "Authentication failed: timestamp is too far from server time")
+            raise invalid(f"timestamp {timestamp} is not a valid UTC hour YYYYMMDDHH") from None
+        if not isinstance(password, str) or not PASSWORD_RE.match(password):
+            raise invalid("password must be 64 lowercase hex characters: HMAC-SHA256(key=timestamp, msg=secret)")
+        skew = self.settings.iotda_timestamp_skew_s
+        now = time.time()
+        if sign_type == 1 and not timestamp_in_window(stamp, now, skew):
+            server_hour = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d%H")
+            raise auth_failed(
+                f"timestamp {timestamp} is more than {skew} s from server time (server UTC hour {server_hour}); "
+                "fix the device clock or use sign_type 0"
+            )
         parts = split_device_id(device_id)
-        if parts is None:
-            raise IotdaError(401, "IOTDA.000002", f"Authentication failed: unknown device {device_id}")
-        try:
-            device = await self.core.credentials(*parts)
-        except AuthFailed as exc:
-            raise IotdaError(401, "IOTDA.000002", f"Authentication failed: {exc}") from None
-        if not hex_equal(iotda_password(device.secret, timestamp), password):
-            raise IotdaError(401, "IOTDA.000002", "Authentication failed: password does not match")
+        device = None
+        if parts is not None:
+            with contextlib.suppress(AuthFailed):
+                device = await self.core.credentials(*parts, allow_disabled=True)
+        # unknown device and wrong password get the same answer (and cost): device ids cannot be probed
+        expected = iotda_password(device.secret if device else _DUMMY_SECRET, timestamp)
+        if device is None or not hex_equal(expected, password):
+            raise auth_failed(
+                "device_id or password is wrong (password = lowercase hex HMAC-SHA256, key = timestamp, "
+                "message = DeviceSecret)"
+            )
+        if not device.enabled:  # told only to a caller holding the secret
+            raise auth_failed(f"device {device_id} is disabled")
         ttl = self.settings.iotda_token_ttl_s
         token, issued_ms = self.core.issue_token(device, DIALECT_IOTDA, ttl)
         info = await self.core.registry.info(device.id)
-        if info is not None:
+        if info is not None:  # older tokens now live only `iotda_reauth_grace_s` more
             await self.core.registry.note_token_issued(info, issued_ms)
         return Response(200, _encode({"access_token": token, "expires_in": ttl}))
 
     # -- /v5/devices/{device_id}/sys/... --------------------------------------------------
     async def _device_call(self, req: Request) -> Response:
         parts = req.path.split("/")  # ['', 'v5', 'devices', id, 'sys', ...]
-        if len(parts) < 6 or parts[2] != "devices" or parts[4] != "sys":
-            raise IotdaError(404, "IOTDA.000006", f"Invalid input data: no such API {req.path}")
         action = "/".join(parts[5:])
-        if action not in ("messages/up", "properties/report", "gateway/sub-devices/properties/report"):
-            raise IotdaError(404, "IOTDA.000006", f"Invalid input data: no such API {req.path}")
-        device = await self._token_device(req, parts[3])
+        if len(parts) < 6 or parts[2] != "devices" or parts[4] != "sys" or action not in ACTIONS:
+            raise IotdaError(404, INVALID_INPUT, f"Invalid input data: no such API {req.path}")
+        device = await self._token_device(req, unquote(parts[3]))
         try:
             self.core.check_rate(device, await self.core.product_rate(device))
         except RateLimited as exc:
-            raise IotdaError(403, "IOTDA.021101", f"Request reached the maximum rate limit: {exc}") from None
+            raise IotdaError(403, RATE_LIMITED, f"Request reached the maximum rate limit: {exc}") from None
         topic = req.path
         try:
             if action == "messages/up":
+                if not req.body.strip():
+                    raise invalid("the message body is empty")
                 await self.core.store(device, "message", topic, req.body)
             elif action == "properties/report":
-                report = self._report(device, self._json(req.body), "", topic, req.body)
-                await self.core.report_many(report) if len(report) > 1 else await self.core.report_properties(report[0])
+                reports = service_reports(device, _json_object(req.body), "", topic, req.body)
+                if len(reports) == 1:
+                    await self.core.report_properties(reports[0])
+                else:  # several services: all of them or none, like a gateway batch
+                    await self.core.report_many(reports)
             else:
-                await self.core.report_many(await self._gateway_reports(device, req, topic))
-        except ReportRejected as exc:
+                await self._gateway_report(device, req.body, topic)
+        except ReportRejected as exc:  # values broke the model; the core has recorded it
             raise invalid(str(exc)) from None
+        except IotdaError as exc:  # malformed, or a refused gateway batch: record it on this device too
+            await self.core.record_rejection(device, exc.detail, topic, req.body)
+            raise
         return OK
 
     async def _token_device(self, req: Request, path_device: str) -> DeviceInfo:
         token = req.headers.get("access_token") or req.headers.get("access-token")
-        if not token:
-            raise IotdaError(403, "IOTDA.000004", "Invalid access token: the access_token header is missing")
+        if not token or not token.strip():
+            raise bad_token("the access_token header is missing (get one from /v5/device-auth)")
         try:
             device = await self.core.device_for_token(token.strip(), DIALECT_IOTDA, self.settings.iotda_reauth_grace_s)
         except (TokenExpired, TokenInvalid) as exc:
-            raise IotdaError(403, "IOTDA.000004", f"Invalid access token: {exc}") from None
+            raise bad_token(f"{exc}; authenticate again with /v5/device-auth") from None
         if device.device_id != path_device:
-            raise IotdaError(403, "IOTDA.000004", f"Invalid access token: it was issued to {device.device_id}")
+            raise bad_token(f"it was issued to {device.device_id}, not {path_device}")
         return device
 
-    @staticmethod
-    def _json(body: bytes) -> dict[str, Any]:
-        try:
-            doc = _decode(body.rstrip(b"\x00"))
-        except msgspec.DecodeError as exc:
-            raise invalid(f"body is not valid JSON ({exc})") from None
-        if not isinstance(doc, dict):
-            raise invalid("body must be a JSON object")
-        return doc
-
-    @staticmethod
-    def _report(device: DeviceInfo, doc: dict[str, Any], where: str, topic: str, body: bytes) -> list[PropertyReport]:
-        services = doc.get("services")
-        if not isinstance(services, list) or not services:
-            raise invalid(f"{where}services must be a non-empty list")
-        reports = []
-        for i, service in enumerate(services):
-            at = f"{where}services[{i}]"
-            if not isinstance(service, dict):
-                raise invalid(f"{at} must be an object")
-            service_id, props = service.get("service_id"), service.get("properties")
-            if not isinstance(service_id, str) or not service_id:
-                raise invalid(f"{at}.service_id is missing")
-            if not isinstance(props, dict) or not props:
-                raise invalid(f"{at}.properties must be a non-empty object")
-            ts = parse_event_time(service.get("event_time"), f"{at}.event_time")
-            reports.append(PropertyReport(device, [(ts, props)], module=service_id, topic=topic, payload=body))
-        return reports
-
-    async def _gateway_reports(self, gateway: DeviceInfo, req: Request, topic: str) -> list[PropertyReport]:
-        doc = self._json(req.body)
+    # -- gateway batch --------------------------------------------------------------------
+    async def _gateway_report(self, gateway: DeviceInfo, body: bytes, topic: str) -> None:
+        """All children valid, or nothing stored: every bad child is named and recorded."""
+        doc = _json_object(body)
         devices = doc.get("devices")
         if not isinstance(devices, list) or not devices:
-            raise invalid("devices must be a non-empty list")
+            raise invalid("devices must be a non-empty list of {device_id, services}")
         if len(devices) > MAX_SUB_DEVICES:
             raise invalid(f"devices has {len(devices)} entries; at most {MAX_SUB_DEVICES} per request")
+        product = await self.core.registry.product_cached(gateway.product_key)
+        if product is None or product.node_type != "gateway":
+            kind = product.node_type if product else "unknown"
+            raise not_sub_devices(f"{gateway.device_id} is not a gateway (its product's node type is {kind})")
         reports: list[PropertyReport] = []
+        foreign: list[str] = []  # unknown, or not under this gateway: recorded on the gateway
+        bad: list[tuple[DeviceInfo, str, bytes]] = []  # real children with malformed entries
         for i, entry in enumerate(devices):
-            if not isinstance(entry, dict) or not isinstance(entry.get("device_id"), str):
-                raise invalid(f"devices[{i}].device_id is missing")
-            child = await self._child(gateway, entry["device_id"])
-            reports.extend(self._report(child, entry, f"devices[{i}].", topic, req.body))
-        return reports
-
-    async def _child(self, gateway: DeviceInfo, device_id: str) -> DeviceInfo:
-        parts = split_device_id(device_id)
-        child = await self.core.registry.info_by_name(*parts) if parts else None
-        if child is None or child.gateway_id != gateway.id:
-            raise IotdaError(
-                400,
-                "IOTDA.021104",
-                f"Subdevices in the request does not exist or does not belong to the gateway: {device_id}",
-            )
-        if not child.enabled:
-            raise invalid(f"sub-device {device_id} is disabled")
-        return child
+            where = f"devices[{i}]"
+            child_id = entry.get("device_id") if isinstance(entry, dict) else None
+            if not isinstance(entry, dict) or not isinstance(child_id, str) or not child_id:
+                raise invalid(f"{where} must be an object with a device_id string and services")
+            label = f"{where} {child_id}"
+            parts = split_device_id(child_id)
+            child = await self.core.registry.info_by_name(*parts) if parts else None
+            if child is None or child.gateway_id != gateway.id:
+                foreign.append(label)
+                continue
+            payload = _encode(entry)
+            if not child.enabled:
+                bad.append((child, f"{child_id}: {where} is a disabled sub-device", payload))
+                continue
+            try:
+                reports.extend(service_reports(child, entry, f"{where}.", topic, payload))
+            except IotdaError as exc:
+                bad.append((child, f"{child_id}: {exc.detail}", payload))
+        if not foreign and not bad:
+            try:  # validates all, then commits all or records each child's rejection
+                await self.core.report_many(reports)
+            except ReportRejected as exc:
+                raise invalid(str(exc)) from None
+            return
+        # Refused anyway: still check the well-formed children so the reply names every problem.
+        problems = [message for _, message, _ in bad]
+        for report in reports:
+            try:
+                await self.core.validate(report)
+            except ReportRejected as exc:
+                bad.append((report.device, f"{report.device.device_id}: {exc}", report.payload))
+                problems.append(f"{report.device.device_id}: {exc}")
+        for child, message, payload in bad:
+            await self.core.record_rejection(child, f"gateway {gateway.device_id}: {message}", topic, payload)
+        if foreign:  # the caller records the whole refusal on the gateway
+            detail = f"{', '.join(foreign)} not sub-devices of gateway {gateway.device_id}"
+            if problems:
+                detail += "; also: " + "; ".join(problems)
+            raise not_sub_devices(detail)
+        raise invalid("; ".join(problems))
