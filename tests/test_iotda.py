@@ -671,10 +671,22 @@ def test_gateway_batch_is_all_or_nothing(admin: Admin, gateways: dict[str, Any],
         child_entry(sub_pk, names[1], temperature=500),  # above max
         {"device_id": f"{sub_pk}_{names[2]}", "services": [{"service_id": "engine", "properties": {"rpm": 1}}]},
         {"device_id": f"{sub_pk}_{names[3]}", "services": []},  # malformed
+        "junk",  # not even an object: named by its index
     ]
     r = gateway_report(device_client, g["gw"], tok, devices)
-    msg = assert_error(r, 400, "IOTDA.000006", names[1], "temperature", names[2], "engine", names[3], "services")
+    msg = assert_error(r, 400, "IOTDA.000006", "4 of 5 sub-devices rejected, nothing stored")
+    for needle in (
+        names[1],
+        "temperature: 500 is above max 50",
+        names[2],
+        "engine",
+        names[3],
+        "services",
+        "devices[4]",
+    ):
+        assert needle in msg, needle
     assert names[0] not in msg
+    assert any(names[1] in m["reason"] for m in admin.messages(g["gw_pk"], "gw-0001", "rejected"))
     assert {n: admin.properties(sub_pk, n)["temperature"]["value"] for n in names} == before
     assert admin.messages(sub_pk, names[0], "rejected") == []
     for name in names[1:]:  # every bad child's rejection is recorded on the child
@@ -683,7 +695,8 @@ def test_gateway_batch_is_all_or_nothing(admin: Admin, gateways: dict[str, Any],
         assert json.loads(rejected[0]["payload"])["device_id"] == f"{sub_pk}_{name}"
     # model problems only (no malformed entry) take the same all-or-nothing path
     devices = [child_entry(sub_pk, names[0], temperature=6), child_entry(sub_pk, names[1], humidity=0)]
-    assert_error(gateway_report(device_client, g["gw"], tok, devices), 400, "IOTDA.000006", names[1], "humidity")
+    msg = assert_error(gateway_report(device_client, g["gw"], tok, devices), 400, "IOTDA.000006", "1 of 2", "humidity")
+    assert names[1] in msg and names[0] not in msg
     assert admin.properties(sub_pk, names[0])["temperature"]["value"] == before[names[0]]
     assert len(admin.messages(sub_pk, names[1], "rejected")) == 2
 

@@ -28,6 +28,7 @@ from iotgate.registry.service import DeviceInfo, split_device_id
 BODY_LIMIT = 1024 * 1024
 MAX_SUB_DEVICES = 50
 HOUR_S = 3600
+MAX_ERROR_MSG = 16384  # a 50-child refusal names every child; identifiers in messages are device-chosen
 # Huawei documents [A-Za-z0-9_-]; iotgate device names may also hold . @ : (device_id = {ProductKey}_{DeviceName})
 DEVICE_ID_RE = re.compile(r"^[A-Za-z0-9_\-.@:]{1,128}$")
 PASSWORD_RE = re.compile(r"^[0-9A-Fa-f]{64}$")
@@ -55,8 +56,12 @@ class IotdaError(Exception):
         self.detail = detail or message
 
 
+def _clip(text: str, size: int) -> str:
+    return text if len(text) <= size else text[: size - 3] + "..."
+
+
 def error(status: int, code: str, message: str) -> Response:
-    return Response(status, _encode({"error_code": code, "error_msg": message}))
+    return Response(status, _encode({"error_code": code, "error_msg": _clip(message, MAX_ERROR_MSG)}))
 
 
 def invalid(detail: str) -> IotdaError:
@@ -106,7 +111,7 @@ def _json_object(body: bytes) -> dict[str, Any]:
     try:
         doc = _decode(body.rstrip(b"\x00"))
     except msgspec.DecodeError as exc:
-        raise invalid(f"body is not valid JSON ({exc})") from None
+        raise invalid(f"body is not valid JSON ({_clip(str(exc), 120)})") from None
     if not isinstance(doc, dict):
         raise invalid("body must be a JSON object")
     return doc
@@ -237,7 +242,7 @@ class IotdaDialect:
         except (TokenExpired, TokenInvalid) as exc:
             raise bad_token(f"{exc}; authenticate again with /v5/device-auth") from None
         if device.device_id != path_device:
-            raise bad_token(f"it was issued to {device.device_id}, not {path_device}")
+            raise bad_token(f"it was issued to {device.device_id}, not {_clip(path_device, 140)}")
         return device
 
     # -- gateway batch --------------------------------------------------------------------
@@ -254,46 +259,52 @@ class IotdaDialect:
             kind = product.node_type if product else "unknown"
             raise not_sub_devices(f"{gateway.device_id} is not a gateway (its product's node type is {kind})")
         reports: list[PropertyReport] = []
-        foreign: list[str] = []  # unknown, or not under this gateway: recorded on the gateway
-        bad: list[tuple[DeviceInfo, str, bytes]] = []  # real children with malformed entries
+        foreign: list[str] = []  # unknown, or not under this gateway (recorded on the gateway only)
+        bad: list[tuple[DeviceInfo | None, str, str, bytes]] = []  # (child, name, problem, its entry)
         for i, entry in enumerate(devices):
             where = f"devices[{i}]"
             child_id = entry.get("device_id") if isinstance(entry, dict) else None
             if not isinstance(entry, dict) or not isinstance(child_id, str) or not child_id:
-                raise invalid(f"{where} must be an object with a device_id string and services")
-            label = f"{where} {child_id}"
+                bad.append((None, where, f"{where} must be an object with a device_id string and services", b""))
+                continue
             parts = split_device_id(child_id)
             child = await self.core.registry.info_by_name(*parts) if parts else None
             if child is None or child.gateway_id != gateway.id:
-                foreign.append(label)
+                foreign.append(f"{where} {_clip(child_id, 140)}")
                 continue
             payload = _encode(entry)
             if not child.enabled:
-                bad.append((child, f"{child_id}: {where} is a disabled sub-device", payload))
+                bad.append((child, child_id, f"{where} is a disabled sub-device", payload))
                 continue
             try:
                 reports.extend(service_reports(child, entry, f"{where}.", topic, payload))
             except IotdaError as exc:
-                bad.append((child, f"{child_id}: {exc.detail}", payload))
+                bad.append((child, child_id, exc.detail, payload))
         if not foreign and not bad:
-            try:  # validates all, then commits all or records each child's rejection
+            try:  # validates every child, then commits all of them or records each rejection
                 await self.core.report_many(reports)
             except ReportRejected as exc:
-                raise invalid(str(exc)) from None
+                names = list(dict.fromkeys(str(issue.get("deviceId", "")) for issue in exc.issues))
+                raise invalid(batch_message(names, len(devices), [str(exc)])) from None
             return
         # Refused anyway: still check the well-formed children so the reply names every problem.
-        problems = [message for _, message, _ in bad]
         for report in reports:
             try:
                 await self.core.validate(report)
             except ReportRejected as exc:
-                bad.append((report.device, f"{report.device.device_id}: {exc}", report.payload))
-                problems.append(f"{report.device.device_id}: {exc}")
-        for child, message, payload in bad:
-            await self.core.record_rejection(child, f"gateway {gateway.device_id}: {message}", topic, payload)
+                bad.append((report.device, report.device.device_id, str(exc), report.payload))
+        for child, _, problem, payload in bad:
+            if child is not None:
+                await self.core.record_rejection(child, f"gateway {gateway.device_id}: {problem}", topic, payload)
+        problems = [f"{name}: {_clip(problem, 300)}" for _, name, problem, _ in bad]
         if foreign:  # the caller records the whole refusal on the gateway
             detail = f"{', '.join(foreign)} not sub-devices of gateway {gateway.device_id}"
-            if problems:
-                detail += "; also: " + "; ".join(problems)
-            raise not_sub_devices(detail)
-        raise invalid("; ".join(problems))
+            raise not_sub_devices(detail + ("; also: " + "; ".join(problems) if problems else ""))
+        names = list(dict.fromkeys(name for _, name, _, _ in bad))
+        raise invalid(batch_message(names, len(devices), problems))
+
+
+def batch_message(names: list[str], total: int, problems: list[str]) -> str:
+    """Every bad child named first (so a clipped message still names them all), then why."""
+    listed = ", ".join(_clip(n, 140) for n in names)
+    return f"{len(names)} of {total} sub-devices rejected, nothing stored ({listed}): " + "; ".join(problems)
