@@ -179,3 +179,65 @@ def admin(server: ServerProcess) -> Iterator[Admin]:
 @pytest.fixture(scope="module")
 def seed_product(admin: Admin) -> str:
     return admin.product(SEED_MODEL)
+
+
+# -- PostgreSQL: a fresh database per test module ---------------------------------------------
+PG_SERVER = os.environ.get("IOTGATE_TEST_PG", "postgresql://{user}@127.0.0.1:5432/{db}")
+
+
+def _run_async(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even where an event loop is running."""
+    import asyncio
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+def _pg_admin_url() -> str | None:
+    """A URL that reaches the server's maintenance DB as a role allowed to CREATE DATABASE, or None."""
+    import asyncpg
+
+    async def probe(url: str) -> bool:
+        try:
+            con = await asyncpg.connect(url, timeout=3)
+        except (OSError, asyncpg.PostgresError, TimeoutError):
+            return False
+        await con.close()
+        return True
+
+    for user in ("postgres", os.environ.get("USER") or "root"):
+        for db in ("postgres", "test"):
+            url = PG_SERVER.format(user=user, db=db)
+            if _run_async(probe(url)):
+                return url
+    return None
+
+
+def _pg_exec(admin_url: str, sql: str) -> None:
+    import asyncpg
+
+    async def run() -> None:
+        con = await asyncpg.connect(admin_url, timeout=10)
+        try:
+            await con.execute(sql)
+        finally:
+            await con.close()
+
+    _run_async(run())
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    """URL of a fresh, empty database (`iotgate_t_<random>`), dropped after the module."""
+    import secrets
+
+    admin_url = _pg_admin_url()
+    if admin_url is None:
+        pytest.skip("PostgreSQL is not reachable on 127.0.0.1:5432 (as postgres or the current user)")
+    name = "iotgate_t_" + secrets.token_hex(6)
+    _pg_exec(admin_url, f"CREATE DATABASE {name}")
+    try:
+        yield admin_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        _pg_exec(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -75,6 +75,19 @@ class RegistryEvent(msgspec.Struct, kw_only=True):
     at: int
 
 
+class AuditEntry(msgspec.Struct, kw_only=True):
+    """One mutating management request: never a request body, so never a secret."""
+
+    id: int = 0
+    at: int  # ms
+    actor: str  # "key:<id>" (admin key fingerprint) or "console:<id>" (console session fingerprint)
+    method: str
+    path: str
+    target: str = ""
+    status: int
+    client: str = ""
+
+
 class Storage(abc.ABC):
     """Persistence of the registry, thing models and device data."""
 
@@ -85,6 +98,14 @@ class Storage(abc.ABC):
     async def close(self) -> None: ...
     @abc.abstractmethod
     async def ping(self) -> bool: ...
+
+    # audit log of admin actions (table admin_audit, migration 0002-admin-audit)
+    async def write_audit(self, entry: AuditEntry) -> None:
+        raise NotImplementedError(f"{type(self).__name__} does not keep an audit log")
+
+    async def list_audit(self, before_id: int | None, limit: int) -> list[AuditEntry]:
+        """Newest first; `before_id` pages backwards (keyset paging by id)."""
+        raise NotImplementedError(f"{type(self).__name__} does not keep an audit log")
 
     # meta (server keys etc.)
     @abc.abstractmethod
@@ -181,5 +202,15 @@ class Storage(abc.ABC):
         """Raw messages, events, rejected reports; newest first."""
 
     @abc.abstractmethod
-    async def last_seen(self) -> dict[int, int]:
-        """device_id -> last report time (ms), to rebuild online status on start."""
+    async def last_seen(self, since: int = 0) -> dict[int, int]:
+        """device_id -> last report time (ms) for devices seen after `since`: rebuilds online status on
+        start, and keeps it current where other processes ingest (workers, other nodes)."""
+
+    # housekeeping (storage/retention.py drives these in the background)
+    async def maintain(self, now: int) -> None:  # noqa: B027 - optional hook
+        """Periodic upkeep, e.g. create time partitions ahead of `now`. Default: nothing to do."""
+
+    @abc.abstractmethod
+    async def expire_step(self, cutoff_ms: int, max_rows: int) -> tuple[int, bool]:
+        """Retention: remove a bounded amount of history older than cutoff_ms (event time) and of
+        messages received before it; return (rows or partitions removed, whether more remains)."""

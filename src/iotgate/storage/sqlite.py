@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 import msgspec
 
 from iotgate.auth.secretbox import SecretBox
+from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS
 from iotgate.storage.base import (
+    AuditEntry,
     Conflict,
     DeviceRow,
     ModelVersionRow,
@@ -139,6 +141,28 @@ class SqliteStorage(Storage):
             return await self._read(lambda c: c.execute("SELECT 1").fetchone()[0] == 1)
         except sqlite3.Error:
             return False
+
+    # -- audit ----------------------------------------------------------------------------
+    async def write_audit(self, entry: AuditEntry) -> None:
+        await self._write(
+            lambda c: c.execute(
+                "INSERT INTO admin_audit(at, actor, method, path, target, status, client) VALUES(?,?,?,?,?,?,?)",
+                (entry.at, entry.actor, entry.method, entry.path, entry.target, entry.status, entry.client),
+            )
+        )
+
+    async def list_audit(self, before_id: int | None, limit: int) -> list[AuditEntry]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT id, at, actor, method, path, target, status, client FROM admin_audit "
+                "WHERE id < ? ORDER BY id DESC LIMIT ?",
+                (before_id if before_id is not None else 2**63 - 1, limit),
+            ).fetchall()
+        )
+        return [
+            AuditEntry(id=r[0], at=r[1], actor=r[2], method=r[3], path=r[4], target=r[5], status=r[6], client=r[7])
+            for r in rows
+        ]
 
     # -- meta -----------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
@@ -542,9 +566,49 @@ class SqliteStorage(Storage):
             for r in rows
         ]
 
-    async def last_seen(self) -> dict[int, int]:
-        rows = await self._read(lambda c: c.execute("SELECT device_id, last_seen FROM device_seen").fetchall())
+    async def last_seen(self, since: int = 0) -> dict[int, int]:
+        rows = await self._read(
+            lambda c: c.execute("SELECT device_id, last_seen FROM device_seen WHERE last_seen > ?", (since,)).fetchall()
+        )
         return {r[0]: r[1] for r in rows}
+
+    # -- retention ------------------------------------------------------------------------
+    _expire_cursor = 0  # history is walked device by device (index device_id, ts); resumes here
+
+    async def expire_step(self, cutoff_ms: int, max_rows: int) -> tuple[int, bool]:
+        """Delete at most about max_rows old rows in one short write transaction, so ingest batches
+        queued on the writer thread wait for one small step at most."""
+        first_live_id = max(0, cutoff_ms - EPOCH_MS) << (NODE_BITS + SEQ_BITS)  # message IDs grow with time
+
+        def run(c: sqlite3.Connection) -> tuple[int, bool]:
+            deleted = c.execute(
+                "DELETE FROM messages WHERE message_id IN "
+                "(SELECT message_id FROM messages WHERE message_id < ? ORDER BY message_id LIMIT ?)",
+                (first_live_id, max_rows),
+            ).rowcount
+            if deleted >= max_rows:
+                return deleted, True
+            ids = [
+                r[0]
+                for r in c.execute(
+                    "SELECT id FROM devices WHERE id > ? ORDER BY id LIMIT 256", (self._expire_cursor,)
+                ).fetchall()
+            ]
+            for device_id in ids:
+                deleted += c.execute(
+                    "DELETE FROM history WHERE rowid IN (SELECT rowid FROM history WHERE device_id=? AND ts<? LIMIT ?)",
+                    (device_id, cutoff_ms, max_rows - deleted),
+                ).rowcount
+                if deleted >= max_rows:  # this device may have more: resume with it
+                    self._expire_cursor = device_id - 1
+                    return deleted, True
+                self._expire_cursor = device_id
+            if len(ids) == 256:
+                return deleted, True
+            self._expire_cursor = 0  # the pass over all devices is complete
+            return deleted, False
+
+        return await self._write(lambda c: self._tx(c, run))
 
 
 def split_batch(
