@@ -10,6 +10,7 @@ import json
 import socket
 import ssl
 import time
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -479,7 +480,7 @@ def test_properties_report_modules(admin: Admin, pk: str, device_client: httpx.C
 def test_properties_report_rejections(
     admin: Admin, pk: str, device_client: httpx.Client, body: bytes, needle: str
 ) -> None:
-    name = "rej-" + str(abs(hash(body)) % 10**8)
+    name = f"rej-{zlib.crc32(body):08x}"
     dev = new_device(admin, pk, name)
     tok = token(device_client, dev)
     r = device_client.post(
