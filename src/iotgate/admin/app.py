@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from iotgate.admin import api
+from iotgate.admin import api, ops_api
 from iotgate.admin.errors import ApiError, error_response, handle_error
 from iotgate.errors import Conflict, CoreError
 from iotgate.model import ModelError
@@ -46,12 +46,19 @@ class AdminKeyAuth:
         await self.app(scope, receive, send)
 
     def authorized(self, scope: Scope) -> bool:
+        """Also names the caller in scope["iotgate.actor"] for the audit log (admin/ops_api.py)."""
         for name, value in scope["headers"]:
             if name == b"authorization":
                 scheme, _, key = value.decode("latin-1").partition(" ")
-                return scheme.lower() == "bearer" and self.key_matches(key.strip())
+                ok = scheme.lower() == "bearer" and self.key_matches(key.strip())
+                if ok:
+                    scope[ops_api.ACTOR_KEY] = ops_api.key_id(key.strip())
+                return ok
         checker = getattr(self.platform, "console_session_ok", None)
-        return bool(checker and checker(scope))
+        ok = bool(checker and checker(scope))
+        if ok:
+            scope[ops_api.ACTOR_KEY] = ops_api.console_actor(scope)
+        return ok
 
     def key_matches(self, key: str) -> bool:
         return hmac.compare_digest(key.encode(), self.platform.admin_key.encode())
@@ -68,7 +75,7 @@ async def readyz(request: Request) -> Response:
     p: Platform = request.app.state.platform
     checks = {
         "database": await p.storage.ping(),
-        "deviceListener": bool(p.device_addresses) and not p.device_server.closing,
+        "deviceListener": p.device_listener_ok(),
         "ingest": not p.ingestor._closing,
     }
     ok = p.ready and all(checks.values())
@@ -82,6 +89,7 @@ def create_admin_app(platform: Platform) -> ASGIApp:
         Route("/healthz", healthz),
         Route("/readyz", readyz),
         *openapi_routes(),
+        *ops_api.ops_routes(),
         *api.ROUTES,
     ]
     try:
@@ -102,4 +110,4 @@ def create_admin_app(platform: Platform) -> ASGIApp:
         },
     )
     app.state.platform = platform
-    return AdminKeyAuth(app, platform)
+    return ops_api.OpsMiddleware(AdminKeyAuth(app, platform), platform)
