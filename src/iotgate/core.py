@@ -7,8 +7,10 @@ map `iotgate.errors` back onto their own codes; nothing here knows either vendor
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
+from iotgate import metrics
 from iotgate.auth.tokens import TokenError, TokenSigner
 from iotgate.config import Settings
 from iotgate.errors import (
@@ -85,6 +87,18 @@ class DeviceCore:
     async def device_for_token(self, token: str, dialect: int, grace_s: int | None = None) -> DeviceInfo:
         """The device a token speaks for. grace_s: how long a token outlives a newer one."""
         try:
+            info = await self._token_device(token, dialect, grace_s)
+        except TokenExpired:
+            metrics.token_checked(dialect, "expired")
+            raise
+        except TokenInvalid:
+            metrics.token_checked(dialect, "invalid")
+            raise
+        metrics.token_checked(dialect, "ok")
+        return info
+
+    async def _token_device(self, token: str, dialect: int, grace_s: int | None) -> DeviceInfo:
+        try:
             claims = self.signer.verify(token, dialect)
         except TokenError as exc:
             raise (TokenExpired if exc.expired else TokenInvalid)(str(exc)) from None
@@ -102,6 +116,7 @@ class DeviceCore:
 
     def check_rate(self, device: DeviceInfo, rate: float | None = None) -> None:
         if not self.limiter.allow(device.id, rate):
+            metrics.limit_hit("rate_limited")
             raise RateLimited(f"device {device.device_name} exceeded {rate or self.limiter.rate:g} requests/s")
 
     async def product_rate(self, device: DeviceInfo) -> float | None:
@@ -141,7 +156,7 @@ class DeviceCore:
         try:
             groups = await self.validate(report)
         except ReportRejected as rejected:
-            await self.record_rejection(report.device, str(rejected), report.topic, report.payload)
+            await self.record_rejection(report.device, str(rejected), report.topic, report.payload, _rules(rejected))
             raise
         return await self._commit_groups([(report.device, groups)])
 
@@ -156,7 +171,7 @@ class DeviceCore:
                 failures.append((report, exc))
         if failures:
             for report, failure in failures:
-                await self.record_rejection(report.device, str(failure), report.topic, report.payload)
+                await self.record_rejection(report.device, str(failure), report.topic, report.payload, _rules(failure))
             issues = [dict(i, deviceId=r.device.device_id) for r, e in failures for i in e.issues]
             message = "; ".join(f"{r.device.device_id}: {e}" for r, e in failures)
             raise ReportRejected(message, issues)
@@ -195,12 +210,12 @@ class DeviceCore:
         model = await self.registry.compiled_model(device.product_key)
         if model is None:
             message = f"product {device.product_key} has no published thing model"
-            await self.record_rejection(device, message, topic, payload)
+            await self.record_rejection(device, message, topic, payload, ["model"])
             raise ReportRejected(message, [])
         _, issues = model.validate_event(identifier, params)
         if issues:
             message = "; ".join(i.message for i in issues)
-            await self.record_rejection(device, message, topic, payload)
+            await self.record_rejection(device, message, topic, payload, [i.rule for i in issues])
             raise ReportRejected(message, [_issue(i) for i in issues])
         return await self.store(device, "event", topic, payload, identifier=identifier, ts=ts)
 
@@ -230,7 +245,12 @@ class DeviceCore:
         )
         return message_id
 
-    async def record_rejection(self, device: DeviceInfo, reason: str, topic: str, payload: bytes) -> None:
+    async def record_rejection(
+        self, device: DeviceInfo, reason: str, topic: str, payload: bytes, rules: Iterable[str] = ()
+    ) -> None:
+        """Store a rejected report for the console. rules: the thing-model rules it broke (metrics
+        label); none: the payload was malformed."""
+        metrics.reports_rejected(rules)
         received = now_ms()
         await self.ingestor.submit(
             Record(
@@ -250,6 +270,10 @@ class DeviceCore:
         for r in records:
             if r.kind != "rejected" and seen.get(r.device_id, 0) < r.received_at:
                 seen[r.device_id] = r.received_at
+
+
+def _rules(rejected: ReportRejected) -> list[str]:
+    return [str(i.get("rule") or "malformed") for i in rejected.issues] or ["model"]
 
 
 def _issue(issue: ValidationIssue) -> dict[str, Any]:

@@ -38,3 +38,64 @@ def configure(level: str = "info", json_lines: bool | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+# -- rejected device requests ------------------------------------------------------------------
+rejections = logging.getLogger("iotgate.rejected")
+REJECTION_LINES_PER_S = 200  # beyond this a flood of bad requests is summarised, not logged line by line
+_CONTROL = {c: "?" for c in range(32)} | {127: "?"}
+
+
+def clean(text: str, size: int = 128) -> str:
+    """Client-supplied text made safe for a log line: bounded, no control characters (no log injection)."""
+    return text[:size].translate(_CONTROL)
+
+
+class RejectionLog:
+    """One line per rejected device request (device, dialect, endpoint, code, reason, client),
+    at most `per_s` lines a second; the rest are counted and summarised once the second is over.
+    Callers pass only server-written reasons and identifiers: never a secret, sign, token or password."""
+
+    def __init__(self, per_s: int = REJECTION_LINES_PER_S) -> None:
+        self.per_s = per_s
+        self._second = 0
+        self._lines = 0
+        self.suppressed = 0
+
+    def __call__(self, dialect: str, endpoint: str, device: str, code: str, reason: str, client: str) -> None:
+        if not rejections.isEnabledFor(logging.INFO):
+            return
+        second = int(time.monotonic())
+        if second != self._second:
+            if self.suppressed:
+                rejections.warning(
+                    "%d more rejected device requests not logged (limit %d lines/s)",
+                    self.suppressed,
+                    self.per_s,
+                    extra={"suppressed": self.suppressed},
+                )
+            self._second, self._lines, self.suppressed = second, 0, 0
+        if self._lines >= self.per_s:
+            self.suppressed += 1
+            return
+        self._lines += 1
+        rejections.info(
+            "rejected %s %s device=%s code=%s client=%s: %s",
+            dialect,
+            endpoint,
+            device or "-",
+            code,
+            client or "-",
+            reason,
+            extra={
+                "dialect": dialect,
+                "endpoint": endpoint,
+                "device": device or None,
+                "code": code,
+                "reason": reason,
+                "client": client or None,
+            },
+        )
+
+
+log_rejection = RejectionLog()

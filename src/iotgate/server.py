@@ -5,16 +5,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import secrets
 import signal
+import socket
 import ssl
+import sys
+import time
 from collections.abc import Iterator
+from multiprocessing.process import BaseProcess
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import uvicorn
 
+from iotgate import metrics
 from iotgate.auth.secretbox import SecretBox
 from iotgate.auth.tokens import TokenSigner
 from iotgate.config import Settings
@@ -26,6 +33,7 @@ from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.pipeline import Ingestor
 from iotgate.registry.service import Registry
 from iotgate.storage.base import Storage
+from iotgate.storage.retention import Housekeeper
 
 log = logging.getLogger("iotgate")
 ADMIN_KEY_FILE = "admin-key"
@@ -61,8 +69,12 @@ class EmbeddedUvicorn(uvicorn.Server):
 
 
 class Platform:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, worker: int = 0) -> None:
         self.settings = settings
+        self.worker = worker  # 0: the main process; 1..N: a device-listener process of --workers N
+        self.worker_procs: list[BaseProcess] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
         self.data_dir = settings.data_path
         self.admin_key = ""
         self.admin_key_created = False
@@ -87,6 +99,7 @@ class Platform:
         box = self.prepare_data_dir()
         self.storage = open_storage(self.settings, box)
         await self.storage.open()
+        await self._check_master_key(box)
         key_hex = await self.storage.set_meta_if_absent("token_key", secrets.token_hex(32))
         self.registry = Registry(self.storage, self.settings.registry_poll_s)
         await self.registry.start()
@@ -97,12 +110,26 @@ class Platform:
             self.registry,
             self.ingestor,
             TokenSigner(bytes.fromhex(key_hex)),
-            MessageIds(self.settings.node_id),
+            MessageIds(self.settings.node_id + self.worker),
         )
         self.core.last_seen.update(await self.storage.last_seen())
-        await self._start_device_listener()
-        await self._start_admin_listener()
+        if self.worker:  # a worker process: the device side only
+            await self._start_device_listener(reuse_port=True)
+            self.ready = True
+            return
+        if self.settings.workers > 1:
+            await self._start_workers()
+        else:
+            await self._start_device_listener()
+        try:
+            await self._start_admin_listener()
+        except BaseException:  # e.g. the admin port is taken: do not leave the workers behind
+            if self.worker_procs:
+                await self._stop_workers()
+            raise
         self._write_server_info()
+        self._start_background()
+        metrics.bind_platform(self)
         self.ready = True
 
     def _tls_context(self) -> ssl.SSLContext | None:
@@ -120,7 +147,116 @@ class Platform:
         self.cert_path = rsa_cert
         return server_context(s.tls_profile, rsa_cert, rsa_key, ec_cert, ec_key)
 
-    async def _start_device_listener(self) -> None:
+    async def _check_master_key(self, box: SecretBox) -> None:
+        """Every node sharing a database must hold the same master key, or secrets written by one
+        cannot be read by another: refuse to start rather than fail device logins later."""
+        stored = await self.storage.set_meta_if_absent("master_key_check", box.seal("iotgate"))
+        try:
+            box.open(stored)
+        except ValueError:
+            raise ValueError(
+                "this database was set up with a different master key: give every node sharing it the same "
+                "--master-key (or copy the first node's master-key file into this node's data dir)"
+            ) from None
+
+    def _start_background(self) -> None:
+        """Main process only: housekeeping (retention, partitions) and, where other processes ingest
+        into the same database, the online status they produce."""
+        s = self.settings
+        self.housekeeper = Housekeeper(self.storage, s.history_retention_days, s.maintenance_interval_s)
+        self.housekeeper.start()
+        if s.workers > 1 or s.database.startswith(("postgres://", "postgresql://")):
+            self._tasks.append(asyncio.get_running_loop().create_task(self._follow_last_seen(), name="last-seen"))
+
+    async def _follow_last_seen(self) -> None:
+        interval = max(self.settings.registry_poll_s, 1.0) * 5
+        mark = int(time.time() * 1000) - 60_000
+        while True:
+            await asyncio.sleep(interval)
+            now = int(time.time() * 1000)
+            try:
+                seen = await self.storage.last_seen(mark)
+            except Exception as exc:
+                log.warning("reading device activity failed: %s", exc)
+                continue
+            mark = now - 60_000  # a report committed late still has its older received_at
+            mine = self.core.last_seen
+            for device_id, at in seen.items():
+                if mine.get(device_id, 0) < at:
+                    mine[device_id] = at
+
+    # -- worker processes (--workers N) -----------------------------------------------------
+    async def _start_workers(self) -> None:
+        """N processes accept device connections on one port (SO_REUSEPORT) and share the database."""
+        s = self.settings
+        self._tls_context()  # create the self-signed certificate once, before the workers load it
+        port, reservation = s.device_port, None
+        if port == 0:  # pick the port here, so that every worker binds the same one
+            family, kind, proto, _, addr = socket.getaddrinfo(s.device_host, 0, type=socket.SOCK_STREAM)[0]
+            reservation = socket.socket(family, kind, proto)
+            reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            reservation.bind(addr)
+            port = reservation.getsockname()[1]
+        self._worker_settings = msgspec.structs.replace(s, device_port=port)
+        try:
+            for index in range(1, s.workers + 1):
+                self.worker_procs.append(self._spawn_worker(index))
+            for proc in self.worker_procs:
+                await _until_ready(proc)
+        finally:
+            if reservation is not None:
+                reservation.close()
+        self.device_addresses = [(s.device_host, port)]
+        self._tasks.append(asyncio.get_running_loop().create_task(self._supervise_workers(), name="workers"))
+        log.info("%d device workers on port %d", s.workers, port)
+
+    def _spawn_worker(self, index: int) -> BaseProcess:
+        ctx = multiprocessing.get_context("spawn")
+        ready = ctx.Event()
+        proc = ctx.Process(
+            target=_worker_main,
+            args=(self._worker_settings, index, ready),
+            name=f"iotgate-worker-{index}",
+            daemon=True,  # terminated if this process exits without stopping them
+        )
+        proc.start()
+        proc.ready = ready  # type: ignore[attr-defined]
+        return proc
+
+    async def _supervise_workers(self) -> None:
+        """Replace a worker that died (its connections are lost; devices reconnect to the others)."""
+        while True:
+            await asyncio.sleep(1.0)
+            for i, proc in enumerate(self.worker_procs):
+                if proc.is_alive() or self._stopping:
+                    continue
+                log.error("device worker %d exited with code %s; starting a new one", i + 1, proc.exitcode)
+                self.worker_procs[i] = self._spawn_worker(i + 1)
+                try:
+                    await _until_ready(self.worker_procs[i])
+                except RuntimeError as exc:
+                    log.error("%s", exc)
+
+    async def _stop_workers(self) -> None:
+        self._stopping = True
+        for proc in self.worker_procs:
+            if proc.pid is not None and proc.is_alive():
+                os.kill(proc.pid, signal.SIGTERM)  # each finishes its in-flight requests and commits
+        loop = asyncio.get_running_loop()
+        for proc in self.worker_procs:
+            await loop.run_in_executor(None, proc.join, 30)
+            if proc.is_alive():
+                log.error("device worker %s did not stop in 30 s; killing it", proc.name)
+                proc.kill()
+                await loop.run_in_executor(None, proc.join, 5)
+
+    def device_listener_ok(self) -> bool:
+        if self.worker_procs:
+            return not self._stopping and all(p.is_alive() and p.ready.is_set() for p in self.worker_procs)  # type: ignore[attr-defined]
+        server = getattr(self, "device_server", None)
+        return bool(self.device_addresses) and server is not None and not server.closing
+
+    async def _start_device_listener(self, reuse_port: bool = False) -> None:
         s = self.settings
         self.router = DeviceRouter(self.core)
         limits = ServerLimits(
@@ -131,7 +267,10 @@ class Platform:
             s.max_connections_per_ip,
         )
         self.device_server = DeviceServer(self.router, limits)
-        self.device_addresses = await self.device_server.listen(s.device_host, s.device_port, self._tls_context())
+        self.device_server.on_refused = lambda client: metrics.limit_hit("connections_per_ip")
+        self.device_addresses = await self.device_server.listen(
+            s.device_host, s.device_port, self._tls_context(), reuse_port=reuse_port
+        )
         scheme = "http" if s.device_plain_http else "https"
         for host, port in self.device_addresses:
             log.info("device listener on %s://%s:%d", scheme, host, port)
@@ -189,25 +328,82 @@ class Platform:
     async def stop(self) -> None:
         """Graceful: stop accepting, finish in-flight requests, flush commits, close."""
         self.ready = False
-        await self.device_server.shutdown()
+        if self.worker_procs:
+            await self._stop_workers()
+        else:
+            await self.device_server.shutdown()
+        for task in self._tasks:
+            task.cancel()
+        if hasattr(self, "housekeeper"):
+            await self.housekeeper.stop()
         await self.ingestor.stop()
-        self.admin_server.should_exit = True
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._admin_task, 10)
+        if not self.worker:
+            self.admin_server.should_exit = True
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._admin_task, 10)
         await self.registry.stop()
         await self.storage.close()
-        with contextlib.suppress(FileNotFoundError):
-            (self.data_dir / SERVER_INFO_FILE).unlink()
+        if not self.worker:
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / SERVER_INFO_FILE).unlink()
+
+
+async def _until_ready(proc: BaseProcess, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not proc.ready.is_set():  # type: ignore[attr-defined]
+        if not proc.is_alive():
+            raise RuntimeError(f"device worker {proc.name} exited with code {proc.exitcode} while starting")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"device worker {proc.name} did not start within {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
+def _worker_main(settings: Settings, index: int, ready: Any) -> None:
+    """Entry point of a device-worker process (multiprocessing spawn)."""
+    from iotgate.logs import configure
+
+    configure(settings.log_level)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent sends SIGTERM
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        pass
+    asyncio.run(_serve_worker(settings, index, ready))
+
+
+async def _serve_worker(settings: Settings, index: int, ready: Any) -> None:
+    platform = Platform(settings, worker=index)
+    parent = os.getppid()
+    await platform.start()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, platform.request_stop)
+    ready.set()
+
+    async def orphaned() -> None:  # the parent was killed: do not serve on without it
+        while os.getppid() == parent:
+            await asyncio.sleep(0.5)
+        log.warning("device worker %d: parent process is gone; stopping", index)
+        platform.request_stop()
+
+    watchdog = loop.create_task(orphaned())
+    await platform.wait_stopped()
+    watchdog.cancel()
+    await platform.stop()
 
 
 async def serve(settings: Settings) -> None:
     platform = Platform(settings)
     await platform.start()
-    if platform.admin_key_created:
+    if platform.admin_key_created and sys.stdout.isatty():
         print(
             f"\n  Admin API key (shown once, stored in {platform.data_dir / ADMIN_KEY_FILE}):\n  {platform.admin_key}\n",
             flush=True,
         )
+    elif platform.admin_key_created:  # stdout is a log (journald, a file): never write the key there
+        print(f"Admin API key created in {platform.data_dir / ADMIN_KEY_FILE} (not printed: stdout is not a terminal)")
     print(f"iotgate ready: devices {platform.device_url}  admin {platform.admin_url}", flush=True)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

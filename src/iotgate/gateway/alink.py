@@ -73,6 +73,8 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
         doc = _decode(body)
     except msgspec.DecodeError as exc:
         raise AlinkError(PARAM_ERROR, f"param error: {what} is not valid JSON ({_clip(str(exc), 80)})") from None
+    except RecursionError:  # msgspec's answer to very deep nesting
+        raise AlinkError(PARAM_ERROR, f"param error: {what} is nested too deeply") from None
     if not isinstance(doc, dict):
         raise AlinkError(PARAM_ERROR, f"param error: {what} must be a JSON object")
     return doc
@@ -263,10 +265,10 @@ class AlinkDialect:
             raise AlinkError(PARAM_ERROR, "param error: params has no properties and no events")
         model = await self.core.registry.compiled_model(device.product_key)
         if model is not None:
-            issues = [i.message for ident, values, _ in event_items for i in model.validate_event(ident, values)[1]]
-            if issues:
-                message = "; ".join(issues)
-                await self.core.record_rejection(device, message, topic, body)
+            found = [i for ident, values, _ in event_items for i in model.validate_event(ident, values)[1]]
+            if found:
+                message = "; ".join(i.message for i in found)
+                await self.core.record_rejection(device, message, topic, body, [i.rule for i in found])
                 raise ReportRejected(message, [])
         first = 0
         if groups:

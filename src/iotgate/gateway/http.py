@@ -19,6 +19,8 @@ from typing import Protocol as TypingProtocol
 
 import httptools
 
+from iotgate import metrics
+
 log = logging.getLogger("iotgate.gateway")
 
 REASONS = {
@@ -71,6 +73,7 @@ class DeviceApp(TypingProtocol):
     def body_limit(self, path: str) -> int: ...
     def too_large(self, path: str) -> Response: ...
     def bad_request(self, path: str, reason: str) -> Response: ...
+    def timeout(self, path: str, reason: str, limit: str) -> Response: ...
     def failure(self, path: str) -> Response: ...
     async def handle(self, request: Request) -> Response: ...
 
@@ -338,6 +341,16 @@ class HttpConnection(asyncio.Protocol):
     def timed_out(self) -> None:
         if self._busy:  # a reply is being computed: the handler owns the deadline
             return
+        if self._in_message and not self._failed:  # part of a request came, the rest did not (slowloris)
+            limits = self.server.limits
+            if self._limit:  # the header was complete: the body is late
+                reason, limit = f"request body not received within {limits.body_timeout_s:g} s", "body_timeout"
+            else:
+                reason, limit = f"request header not received within {limits.header_timeout_s:g} s", "header_timeout"
+            self._fail(self.server.app.timeout(self._path(), reason, limit))
+            return
+        if not self._failed:
+            metrics.limit_hit("idle_timeout")
         self.close()
 
     def _check_header_size(self) -> None:

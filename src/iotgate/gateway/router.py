@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
+from iotgate import metrics
 from iotgate.core import DeviceCore
 from iotgate.gateway import alink, iotda
 from iotgate.gateway.http import Request, Response
 from iotgate.ingest.pipeline import ShuttingDown
 
 log = logging.getLogger("iotgate.gateway")
+HEADER_TOO_LARGE = "request header is too large"  # gateway/http.py's reason for max_header_bytes
 
 
 def _is_iotda(path: str) -> bool:
@@ -26,13 +28,26 @@ class DeviceRouter:
 
     def too_large(self, path: str) -> Response:
         if _is_iotda(path):
-            return iotda.error(403, "IOTDA.021105", "The content reported in a single request cannot exceed 1 MB.")
-        return alink.reply(alink.PARAM_ERROR, "param error: body exceeds the 128 KB limit")
+            resp = iotda.error(403, "IOTDA.021105", "The content reported in a single request cannot exceed 1 MB.")
+        else:
+            resp = alink.reply(alink.PARAM_ERROR, "param error: body exceeds the 128 KB limit")
+        return metrics.http_refusal(path, resp, "body_too_large")
 
     def bad_request(self, path: str, reason: str) -> Response:
+        status, limit = (431, "header_too_large") if reason == HEADER_TOO_LARGE else (400, "malformed_http")
         if _is_iotda(path):
-            return iotda.error(400, "IOTDA.000006", f"Invalid input data: {reason}")
-        return Response(400, alink.reply(alink.PARAM_ERROR, f"param error: {reason}").body)
+            resp = iotda.error(status, "IOTDA.000006", f"Invalid input data: {reason}")
+        else:
+            resp = Response(status, alink.reply(alink.PARAM_ERROR, f"param error: {reason}").body)
+        return metrics.http_refusal(path, resp, limit)
+
+    def timeout(self, path: str, reason: str, limit: str) -> Response:
+        """A request not received in time (header_timeout_s / body_timeout_s): 408 in the dialect's shape."""
+        if _is_iotda(path):
+            resp = iotda.error(408, "IOTDA.000006", f"Invalid input data: {reason}")
+        else:
+            resp = Response(408, alink.reply(alink.PARAM_ERROR, f"param error: {reason}").body)
+        return metrics.http_refusal(path, resp, limit)
 
     def failure(self, path: str) -> Response:
         if _is_iotda(path):
@@ -40,6 +55,15 @@ class DeviceRouter:
         return Response(503, alink.reply(alink.COMMON_ERROR, "common error: server unavailable, retry later").body)
 
     async def handle(self, req: Request) -> Response:
+        try:
+            resp = await self._route(req)
+        except Exception:
+            metrics.device_reply(req, self.failure(req.path))
+            raise
+        metrics.device_reply(req, resp)
+        return resp
+
+    async def _route(self, req: Request) -> Response:
         path = req.path
         if req.method != b"POST":
             if _is_iotda(path):

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
+from iotgate import metrics
 from iotgate.storage.base import Record, Storage
 
 log = logging.getLogger("iotgate.ingest")
@@ -79,14 +81,17 @@ class Ingestor:
 
     async def _commit(self, batch: list[tuple[Record, asyncio.Future[None]]]) -> None:
         records = [r for r, _ in batch]
+        started = time.perf_counter()
         try:
             await self.storage.write_batch(records)
         except Exception as exc:  # the database failed: every caller in the batch learns it
+            metrics.COMMIT_FAILURES.inc()
             log.error("commit of %d reports failed: %s", len(records), exc)
             for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        metrics.committed(records, time.perf_counter() - started)
         self.batches += 1
         self.committed += len(records)
         for _, fut in batch:

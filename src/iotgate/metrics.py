@@ -1,0 +1,345 @@
+"""Prometheus metrics, served at `/metrics` on the admin listener.
+
+Hot-path cost is kept to a dict lookup and one locked add: every labelled series is bound once
+(`labels()` validates and locks; a cached child does not) and the device request counter is
+classified from the reply bytes the dialects already produced. Gauges that mirror live state
+(open connections, pending commits, outbox depth) are read only when /metrics is scraped.
+
+Metric names and labels are documented in docs/operations.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import weakref
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote
+
+import msgspec
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.registry import Collector
+
+from iotgate import __version__
+from iotgate.logs import clean, log_rejection
+
+if TYPE_CHECKING:
+    from iotgate.gateway.http import Request, Response
+    from iotgate.server import Platform
+
+log = logging.getLogger("iotgate.metrics")
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+DEVICE_REQUESTS = Counter(
+    "iotgate_device_requests",
+    "Device requests answered, by dialect, endpoint and result code (Alink `code`, IoTDA `error_code` or 200)",
+    ["dialect", "endpoint", "result"],
+    registry=REGISTRY,
+)
+DEVICE_AUTH = Counter(
+    "iotgate_device_auth",
+    "Device authentications (/auth, /v5/device-auth) by dialect and outcome (success, failure)",
+    ["dialect", "outcome"],
+    registry=REGISTRY,
+)
+TOKEN_VERIFICATIONS = Counter(
+    "iotgate_token_verifications",
+    "Device token checks by dialect and result (ok, expired, invalid)",
+    ["dialect", "result"],
+    registry=REGISTRY,
+)
+REPORTS_ACCEPTED = Counter(
+    "iotgate_reports_accepted",
+    "Committed device records by kind (property, event, message, deviceinfo, ota)",
+    ["kind"],
+    registry=REGISTRY,
+)
+REPORTS_REJECTED = Counter(
+    "iotgate_reports_rejected",
+    "Rejected device reports by reason: the thing-model rule that failed (type, min, max, unknown, ...) "
+    "or `malformed` for a payload of the wrong shape; a report breaking several rules counts once per rule",
+    ["reason"],
+    registry=REGISTRY,
+)
+DATA_POINTS = Counter(
+    "iotgate_data_points",
+    "Property values committed (one report of 3 properties is 3 data points)",
+    registry=REGISTRY,
+)
+COMMIT_BATCH = Histogram(
+    "iotgate_commit_batch_size",
+    "Records per group commit (one database transaction)",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+    registry=REGISTRY,
+)
+COMMIT_SECONDS = Histogram(
+    "iotgate_commit_seconds",
+    "Duration of one group commit (write and COMMIT)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
+)
+COMMIT_FAILURES = Counter(
+    "iotgate_commit_failures",
+    "Group commits that failed (every device in the batch was told to retry)",
+    registry=REGISTRY,
+)
+LIMIT_EVENTS = Counter(
+    "iotgate_device_limit_events",
+    "Device-listener protections that fired: connections_per_ip (connection refused), header_timeout, "
+    "body_timeout, idle_timeout (connection closed), header_too_large, body_too_large, malformed_http, rate_limited",
+    ["limit"],
+    registry=REGISTRY,
+)
+ADMIN_REQUESTS = Counter(
+    "iotgate_admin_requests",
+    "Management API requests by method and status class (2xx, 4xx, 5xx)",
+    ["method", "status"],
+    registry=REGISTRY,
+)
+
+_requests: dict[tuple[str, str, str], Any] = {}
+_auth: dict[tuple[str, str], Any] = {
+    (d, o): DEVICE_AUTH.labels(d, o) for d in ("alink", "iotda") for o in ("success", "failure")
+}
+_tokens: dict[tuple[str, str], Any] = {
+    (d, r): TOKEN_VERIFICATIONS.labels(d, r) for d in ("alink", "iotda") for r in ("ok", "expired", "invalid")
+}
+_limits: dict[str, Any] = {}
+_accepted: dict[str, Any] = {}
+_rejected: dict[str, Any] = {}
+_admin: dict[tuple[str, str], Any] = {}
+_DATA_POINTS = DATA_POINTS  # bound at import: unlabelled metrics are their own child
+_CODE = re.compile(rb'\{"(?:code|error_code)":"?([A-Za-z0-9_.\-]{1,32})')
+IOTDA_ACTIONS = frozenset({"messages/up", "properties/report", "gateway/sub-devices/properties/report"})
+
+
+def _child(cache: dict[Any, Any], metric: Any, key: Any, *labels: str) -> Any:
+    child = cache.get(key)
+    if child is None:
+        child = cache[key] = metric.labels(*labels)
+    return child
+
+
+# -- device listener ---------------------------------------------------------------------------
+def classify(path: str) -> tuple[str, str]:
+    """(dialect, endpoint) of a device request path; the endpoint set is small and fixed."""
+    if path == "/auth":
+        return "alink", "auth"
+    if path.startswith("/topic/"):
+        return "alink", "topic"
+    if path.startswith("/v5/"):
+        if path == "/v5/device-auth":
+            return "iotda", "device-auth"
+        parts = path.split("/", 5)
+        if len(parts) == 6 and parts[2] == "devices" and parts[4] == "sys" and parts[5] in IOTDA_ACTIONS:
+            return "iotda", parts[5]
+        return "iotda", "other"
+    return "alink", "other"
+
+
+def result_code(resp: Response) -> str:
+    """The business result of a reply: Alink's `code`, IoTDA's `error_code`, else the HTTP status."""
+    body = resp.body
+    if body.startswith(b'{"code":0,'):
+        return "0"
+    m = _CODE.match(body, 0, 64)
+    return m.group(1).decode() if m else str(resp.status)
+
+
+def device_request(path: str, resp: Response) -> str:
+    """Count one answered device request; returns its result code."""
+    dialect, endpoint = classify(path)
+    result = result_code(resp)
+    key = (dialect, endpoint, result)
+    child = _requests.get(key)
+    if child is None:
+        child = _requests[key] = DEVICE_REQUESTS.labels(dialect, endpoint, result)
+    child.inc()
+    if endpoint == "auth" or endpoint == "device-auth":
+        ok = result == "0" if dialect == "alink" else resp.status == 200
+        _auth[dialect, "success" if ok else "failure"].inc()
+    return result
+
+
+def device_reply(req: Request, resp: Response) -> None:
+    """Count an answered device request and log it when it was refused (one line, no secrets)."""
+    path = req.path
+    result = device_request(path, resp)
+    if result == "0" or (resp.status == 200 and not resp.body.startswith(b'{"code":')):
+        return
+    dialect, endpoint = classify(path)
+    log_rejection(dialect, endpoint, _device_of(req, dialect, endpoint), result, _reason(resp), req.client)
+
+
+def http_refusal(path: str, resp: Response, limit: str) -> Response:
+    """A request the HTTP layer refused before routing (malformed, too large, too slow)."""
+    result = device_request(path, resp)
+    limit_hit(limit)
+    dialect, endpoint = classify(path)
+    log_rejection(dialect, endpoint, "", result, _reason(resp), "")
+    return resp
+
+
+def _reason(resp: Response) -> str:
+    try:
+        doc = msgspec.json.decode(resp.body)
+    except msgspec.DecodeError:
+        return clean(resp.body.decode("utf-8", "replace"), 300)
+    text = (doc.get("message") or doc.get("error_msg") or "") if isinstance(doc, dict) else ""
+    return clean(str(text), 300)
+
+
+def _device_of(req: Request, dialect: str, endpoint: str) -> str:
+    """The device a refused request claimed to be (path or auth body): for the log line only."""
+    path = req.path
+    if endpoint == "topic":
+        parts = path.split("/")  # ['', 'topic', 'sys', pk, dn, ...] or ['', 'topic', pk, dn, 'user', ...]
+        if len(parts) >= 5 and parts[2] == "sys":
+            return clean(f"{parts[3]}/{parts[4]}")
+        if len(parts) >= 8 and parts[2:5] == ["ota", "device", "inform"]:
+            return clean(f"{parts[6]}/{parts[7]}")
+        if len(parts) >= 4:
+            return clean(f"{parts[2]}/{parts[3]}")
+        return ""
+    if dialect == "iotda" and endpoint != "device-auth":
+        parts = path.split("/")
+        return clean(unquote(parts[3])) if len(parts) > 3 and parts[2] == "devices" else ""
+    if endpoint in ("auth", "device-auth"):
+        try:
+            doc = msgspec.json.decode(req.body.rstrip(b"\x00"))
+        except msgspec.DecodeError:
+            return ""
+        if not isinstance(doc, dict):
+            return ""
+        if endpoint == "auth":
+            pk, dn = doc.get("productKey"), doc.get("deviceName")
+            return clean(f"{pk}/{dn}") if isinstance(pk, str) and isinstance(dn, str) else ""
+        device_id = doc.get("device_id")
+        return clean(device_id) if isinstance(device_id, str) else ""
+    return ""
+
+
+def token_checked(dialect_id: int, result: str) -> None:
+    """dialect_id: iotgate.auth.tokens.DIALECT_*; result: ok, expired or invalid."""
+    _tokens["alink" if dialect_id == 1 else "iotda", result].inc()
+
+
+def limit_hit(limit: str) -> None:
+    _child(_limits, LIMIT_EVENTS, limit, limit).inc()
+
+
+# -- reports -----------------------------------------------------------------------------------
+def reports_rejected(rules: Iterable[str]) -> None:
+    for rule in set(rules) or {"malformed"}:
+        _child(_rejected, REPORTS_REJECTED, rule, rule).inc()
+
+
+def committed(records: Collection[Any], seconds: float) -> None:
+    """A group commit finished: batch size, latency, accepted records by kind, data points."""
+    COMMIT_BATCH.observe(len(records))
+    COMMIT_SECONDS.observe(seconds)
+    kinds: dict[str, int] = {}
+    points = 0
+    for r in records:
+        kind = r.kind
+        if kind == "rejected":
+            continue
+        kinds[kind] = kinds.get(kind, 0) + 1
+        if r.values:
+            points += len(r.values)
+    for kind, n in kinds.items():
+        _child(_accepted, REPORTS_ACCEPTED, kind, kind).inc(n)
+    if points:
+        _DATA_POINTS.inc(points)
+
+
+def admin_request(method: str, status: int) -> None:
+    cls = f"{status // 100}xx"
+    _child(_admin, ADMIN_REQUESTS, (method, cls), method, cls).inc()
+
+
+# -- live state, read at scrape time -----------------------------------------------------------
+class PlatformCollector(Collector):
+    """Gauges of the running platform: connections, pending commits, online devices, outbox depth."""
+
+    def __init__(self) -> None:
+        self._platform: Callable[[], Platform | None] = lambda: None
+        self.started = time.time()
+
+    def bind(self, platform: Platform) -> None:
+        self._platform = weakref.ref(platform)
+        self.started = time.time()
+
+    def collect(self) -> Iterator[Any]:
+        info = InfoMetricFamily("iotgate_build", "iotgate version")
+        info.add_metric([], {"version": __version__})
+        yield info
+        yield GaugeMetricFamily("iotgate_start_time_seconds", "Unix time the server started", value=self.started)
+        p = self._platform()
+        if p is None:
+            return
+        server = getattr(p, "device_server", None)
+        if server is not None:
+            yield GaugeMetricFamily(
+                "iotgate_device_connections", "Open device connections", value=len(server.connections)
+            )
+            yield GaugeMetricFamily(
+                "iotgate_device_client_addresses",
+                "Client addresses with at least one open device connection",
+                value=len(server.per_ip),
+            )
+        ingestor = getattr(p, "ingestor", None)
+        if ingestor is not None:
+            yield GaugeMetricFamily(
+                "iotgate_ingest_pending", "Records waiting for the next group commit", value=len(ingestor._pending)
+            )
+        core = getattr(p, "core", None)
+        if core is not None:
+            window_ms = 10 * 60 * 1000
+            now = time.time() * 1000
+            online = sum(1 for seen in list(core.last_seen.values()) if now - seen < window_ms)
+            yield GaugeMetricFamily(
+                "iotgate_devices_online", "Devices that reported in the last 10 minutes", value=online
+            )
+        depths = outbox_depths(p)
+        if depths is not None:
+            family = GaugeMetricFamily(
+                "iotgate_outbox_depth", "Forwarding records not yet delivered, per target", labels=["target"]
+            )
+            for target, depth in sorted(depths.items()):
+                family.add_metric([str(target)], float(depth))
+            yield family
+
+
+def outbox_depths(p: Platform) -> dict[str, int] | None:
+    """Outbox depth per forwarding target, when the forwarding engine is running and exposes it
+    (`outbox_depths()` returning {target: depth}); None otherwise."""
+    for name in ("forwarder", "forwarding", "forward"):
+        engine = getattr(p, name, None)
+        fn = getattr(engine, "outbox_depths", None) if engine is not None else None
+        if callable(fn):
+            try:
+                depths = fn()
+            except Exception:  # a scrape must not fail because an optional component did
+                log.exception("outbox depth unavailable")
+                return None
+            return dict(depths) if depths is not None else None
+    return None
+
+
+PLATFORM = PlatformCollector()
+REGISTRY.register(PLATFORM)
+
+
+def bind_platform(platform: Platform) -> None:
+    PLATFORM.bind(platform)
+
+
+def exposition() -> bytes:
+    return generate_latest(REGISTRY)
