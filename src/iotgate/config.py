@@ -55,6 +55,11 @@ class Settings(msgspec.Struct, kw_only=True):
     max_header_bytes: int = 16384
     registry_poll_s: float = 2.0
 
+    # scaling and housekeeping (docs/scaling.md)
+    workers: int = 1  # device-listener processes sharing the port (SO_REUSEPORT); >1 needs PostgreSQL
+    history_retention_days: int = 0  # 0: keep history and messages forever
+    maintenance_interval_s: float = 600.0  # how often retention and partition upkeep run
+
     log_level: str = "info"
     access_log: bool = False
 
@@ -138,6 +143,17 @@ def load_settings(
 
 
 def validate_settings(s: Settings) -> None:
+    if not 1 <= s.workers <= 64:
+        raise ValueError("workers: expected 1..64")
+    if s.workers > 1 and not s.database.startswith(("postgres://", "postgresql://")):
+        raise ValueError(
+            "workers > 1 needs a shared database (--database postgresql://...): an SQLite file must have "
+            "exactly one writer process"
+        )
+    if s.workers > 1 and s.node_id + s.workers > 1023:
+        raise ValueError("node_id: worker processes use node_id+1 .. node_id+workers, which must stay ≤ 1023")
+    if s.history_retention_days < 0 or s.maintenance_interval_s <= 0:
+        raise ValueError("history_retention_days must be ≥ 0 and maintenance_interval_s > 0")
     if s.tls_profile not in {"compat", "modern"}:
         raise ValueError("tls_profile: expected 'compat' or 'modern'")
     if bool(s.tls_cert) != bool(s.tls_key):

@@ -31,6 +31,7 @@ AUTH_TYPES = ("device-secret",)
 PRODUCT_KEY_LEN = 11
 DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-.@:]{4,32}$")
 CACHE_LIMIT = 200_000
+SYNC_PAGE = 10_000
 
 
 def now_ms() -> int:
@@ -97,6 +98,7 @@ class Registry:
         self._models: dict[str, CompiledModel | None] = {}
         self._products: dict[str, ProductRow | None] = {}
         self._seq = 0
+        self._syncs = 0  # bumped whenever changes are applied: a load spanning one may be stale
         self._task: asyncio.Task[None] | None = None
         self.listeners: list[Any] = []  # callables (change, DeviceInfo | None, device_id) for lifecycle events
 
@@ -120,16 +122,22 @@ class Registry:
                 log.warning("registry sync failed: %s", exc)
 
     async def sync(self) -> None:
-        """Apply changes logged by any node since the last sync."""
-        for event in await self.storage.registry_events_since(self._seq):
-            self._seq = event.seq
-            if event.change.startswith("model:"):
-                self._models.pop(event.change[6:], None)
-                continue
-            if event.change.startswith("product:"):
-                self._products.pop(event.change[8:], None)
-                continue
-            self._forget(event.device_id)
+        """Apply changes logged by any node since the last sync (all of them, page by page)."""
+        while True:
+            events = await self.storage.registry_events_since(self._seq, SYNC_PAGE)
+            if events:
+                self._syncs += 1
+            for event in events:
+                self._seq = event.seq
+                if event.change.startswith("model:"):
+                    self._models.pop(event.change[6:], None)
+                    continue
+                if event.change.startswith("product:"):
+                    self._products.pop(event.change[8:], None)
+                    continue
+                self._forget(event.device_id)
+            if len(events) < SYNC_PAGE:
+                return
 
     def _forget(self, device_id: int) -> None:
         info = self._devices.pop(device_id, None)
@@ -276,15 +284,24 @@ class Registry:
         info = self._devices.get(device_id)
         if info is not None:
             return info
+        syncs = self._syncs
         row = await self.storage.get_device_by_id(device_id)
-        return self._remember(_info(row)) if row else None
+        return self._loaded(row, syncs)
 
     async def info_by_name(self, product_key: str, device_name: str) -> DeviceInfo | None:
         device_id = self._by_name.get((product_key, device_name))
         if device_id is not None and device_id in self._devices:
             return self._devices[device_id]
+        syncs = self._syncs
         row = await self.storage.get_device(product_key, device_name)
-        return self._remember(_info(row)) if row else None
+        return self._loaded(row, syncs)
+
+    def _loaded(self, row: DeviceRow | None, syncs: int) -> DeviceInfo | None:
+        """Cache a row read from storage, unless changes were applied while it was read: the row
+        may predate an event that was just processed (and would then stay stale in the cache)."""
+        if row is None:
+            return None
+        return self._remember(_info(row)) if syncs == self._syncs else _info(row)
 
     async def _change(self, row: DeviceRow, fields: dict[str, Any], change: str) -> DeviceRow:
         updated = await self.storage.update_device(row.id, fields, change)

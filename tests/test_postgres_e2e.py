@@ -1,0 +1,129 @@
+"""The seed flow end to end on PostgreSQL, served by two device-worker processes (`--workers 2`).
+
+The tests of test_e2e_seed.py are imported so they run again here, against this module's `server`.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import SEED_MODEL, Admin, ServerProcess
+from iotgate.auth.secretbox import SecretBox
+from iotgate.auth.signing import alink_auth_body
+from iotgate.ingest.ids import NODE_BITS, SEQ_BITS
+from test_e2e_seed import test_cli_product_and_device_verbs, test_seed_collector_end_to_end
+
+__all__ = ["test_cli_product_and_device_verbs", "test_seed_collector_end_to_end"]  # collected here too
+MASTER_KEY = SecretBox.new_key()  # every process on this module's database shares it
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, pg_url: str) -> Iterator[ServerProcess]:
+    data = tmp_path_factory.mktemp("pg") / "data"
+    proc = ServerProcess(
+        data, "--database", pg_url, "--workers", "2", "--node-id", "10", env={"IOTGATE_MASTER_KEY": MASTER_KEY}
+    ).start()
+    yield proc
+    proc.stop()
+
+
+def worker_pids(parent: int) -> list[int]:
+    """The device-worker children of the server process (not multiprocessing's resource tracker)."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    out = []
+    for pid in children:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            out.append(int(pid))
+    return out
+
+
+def node_of(message_id: int) -> int:
+    return (message_id >> SEQ_BITS) & ((1 << NODE_BITS) - 1)
+
+
+def report_on_fresh_connections(server: ServerProcess, pk: str, dn: str, secret: str, n: int) -> set[int]:
+    """n reports, each on a new connection (the kernel spreads connections over the workers)."""
+    nodes = set()
+    topic = f"/topic/sys/{pk}/{dn}/thing/event/property/post"
+    with server.device_client() as first:
+        token = first.post("/auth", json=alink_auth_body(pk, dn, secret)).json()["info"]["token"]
+    for i in range(n):
+        with server.device_client() as device:
+            body = json.dumps({"id": str(i), "params": {"temperature": i % 40}})
+            r = device.post(topic, content=body, headers={"password": token})
+            assert r.json()["code"] == 0, r.text
+            nodes.add(node_of(r.json()["info"]["messageId"]))
+    return nodes
+
+
+def test_workers_share_the_port_and_each_has_its_node_id(server: ServerProcess, admin: Admin) -> None:
+    assert server.proc is not None
+    assert len(worker_pids(server.proc.pid)) == 2
+    pk = admin.product(SEED_MODEL)
+    dev = admin.device(pk, "spread-01")
+    nodes = report_on_fresh_connections(server, pk, "spread-01", dev["deviceSecret"], 32)
+    assert nodes == {11, 12}  # --node-id 10: workers are 11 and 12 (P(all 32 on one worker) ≈ 5e-10)
+    history = admin.c.get(f"/api/v1/products/{pk}/devices/spread-01/properties/temperature/history").json()
+    assert len(history["items"]) == 32
+
+
+def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
+    assert server.proc is not None
+    before = worker_pids(server.proc.pid)
+    victim = before[0]
+    subprocess.run(["kill", "-KILL", str(victim)], check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = worker_pids(server.proc.pid)
+        ready = httpx.get(server.admin_url + "/readyz", timeout=5)
+        if len(now) == 2 and victim not in now and ready.status_code == 200:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"worker was not replaced: {worker_pids(server.proc.pid)}")
+    pk = admin.product(SEED_MODEL)
+    dev = admin.device(pk, "after-kill")
+    assert report_on_fresh_connections(server, pk, "after-kill", dev["deviceSecret"], 24) == {11, 12}
+
+
+def test_sqlite_refuses_more_than_one_worker(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "iotgate.cli", "serve", "--data-dir", str(tmp_path / "d"), "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert "workers > 1 needs a shared database" in out.stderr.replace("\n", " ")
+
+
+def test_sigterm_stops_the_workers_with_the_server(tmp_path: Path, pg_url: str) -> None:
+    proc = ServerProcess(
+        tmp_path / "data",
+        "--database",
+        pg_url,
+        "--workers",
+        "2",
+        "--node-id",
+        "20",
+        env={"IOTGATE_MASTER_KEY": MASTER_KEY},
+    ).start()
+    assert proc.proc is not None
+    pids = worker_pids(proc.proc.pid)
+    assert len(pids) == 2
+    assert proc.stop(signal.SIGTERM) == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
