@@ -283,6 +283,8 @@ def test_property_post_param_errors(dev: Dev) -> None:
         (b'{"id":"1","params":{}}', "params"),
         (b'{"id":"1","params":[1]}', "params"),
         (b'{"id":"1","params":{"temperature":{"value":1,"time":"soon"}}}', "time"),
+        (b"[" * 100_000, "nested"),
+        (b'{"params":' * 10_000 + b"1" + b"}" * 10_000, "nested"),
     ]:
         r = dev.post(topic, body)
         assert r["code"] == 10001 and word in r["message"], (body, r)
