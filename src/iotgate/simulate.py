@@ -164,15 +164,15 @@ class ValueGenerator:
 
     @staticmethod
     def _snap(value: float, lo: float, hi: float, step: float, base: float) -> float:
-        n = round((value - base) / step)
-        snapped = base + n * step
-        if snapped > hi:
-            snapped -= step
-        if snapped < lo:
-            snapped += step
+        snapped = base + round((value - base) / step) * step
         if step >= 1e-4:
             snapped = round(snapped, 6)
-        return snapped
+        slack = step * 1e-6  # float noise: 0.4 arrives as 0.4000000000000001
+        if snapped > hi:
+            snapped = hi if snapped - hi <= slack else snapped - step
+        if snapped < lo:
+            snapped = lo if lo - snapped <= slack else snapped + step
+        return min(max(snapped, lo), hi)
 
     def invalidate(self, report: dict[str, dict[str, Any]]) -> str:
         """Break one value of the report so the thing model must reject it; returns what was done."""
