@@ -3,6 +3,7 @@ protocols.md §1.2-§1.6 and the wire bytes of Link SDK C 4.1.0 (§1.5)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import httpx
 import pytest
 
 from conftest import Admin, ServerProcess
+from iotgate.auth import tokens
 from iotgate.auth.signing import alink_auth_body, alink_sign, iotda_auth_body
 from test_listener_support import (
     Wire,
@@ -130,6 +132,15 @@ def test_auth_sign_methods_and_hex_case(make: Any, method: str, upper: bool) -> 
     doc = d.auth(body)
     assert set(doc) == {"code", "message", "info"} and doc["code"] == 0 and doc["message"] == "success"
     assert set(doc["info"]) == {"token"} and 0 < len(doc["info"]["token"]) <= 192
+
+
+def test_token_lives_seven_days_by_default(dev: Dev) -> None:
+    """The token is opaque to devices; its claims (read without the server key) carry the expiry."""
+    raw = base64.urlsafe_b64decode(dev.token + "=" * (-len(dev.token) % 4))
+    _, _, dialect, issued_ms, expires_ms = tokens._LAYOUT.unpack(raw[: tokens._LAYOUT.size])
+    assert dialect == tokens.DIALECT_ALINK
+    assert expires_ms - issued_ms == 7 * 24 * 3600 * 1000
+    assert abs(issued_ms - time.time() * 1000) < 600_000
 
 
 def test_auth_defaults_to_hmacmd5_and_ignores_version(make: Any) -> None:
