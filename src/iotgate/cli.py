@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Any]:
     """Commands that live in their own modules (simulate, bench, rules, ...), when present."""
     found = []
-    for module in ("iotgate.simulate", "iotgate.bench", "iotgate.forward.cli"):
+    for module in ("iotgate.simulate", "iotgate.bench", "iotgate.forward.cli", "iotgate.opscli"):
         try:
             mod = __import__(module, fromlist=["register"])
         except ImportError:

@@ -33,7 +33,7 @@ class AdminKeyAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith("/api/") and not path.startswith(PUBLIC_PREFIXES):
+            if path.startswith("/api/") and path not in PUBLIC_PREFIXES:  # exact: no prefix tricks
                 if not self.authorized(scope):
                     if scope.get("iotgate.csrf_failed"):  # a console session without its CSRF token
                         resp = error_response(403, "csrf_failed", "the X-CSRF-Token header is missing or wrong")

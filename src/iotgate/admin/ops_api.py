@@ -100,8 +100,17 @@ async def rotate_key(request: Request) -> Response:
     write_key_file(p.data_dir / ADMIN_KEY_FILE, key)
     old = key_id(p.admin_key)
     p.admin_key = key
+    _end_console_sessions(p)
     log.warning("admin key rotated: %s replaced by %s", old, key_id(key))
     return _json({"adminKey": key, "keyId": key_id(key), "previousKeyId": old})
+
+
+def _end_console_sessions(p: Platform) -> None:
+    """Console sessions were opened with the old key: they end with it."""
+    sessions = getattr(getattr(p, "console", None), "sessions", None)
+    store = getattr(sessions, "_sessions", None)
+    if store is not None:
+        store.clear()
 
 
 def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:

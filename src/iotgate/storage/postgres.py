@@ -33,6 +33,7 @@ import msgspec
 
 from iotgate.auth.secretbox import SecretBox
 from iotgate.storage.base import (
+    AuditEntry,
     Conflict,
     DeviceRow,
     ModelVersionRow,
@@ -305,6 +306,31 @@ class PostgresStorage(Storage):
             return False
         log.info("retention: dropped partition %s", name)
         return True
+
+    # -- audit ----------------------------------------------------------------------------
+    async def write_audit(self, entry: AuditEntry) -> None:
+        await self.pool.execute(
+            "INSERT INTO admin_audit(at, actor, method, path, target, status, client) VALUES($1,$2,$3,$4,$5,$6,$7)",
+            entry.at,
+            entry.actor,
+            entry.method,
+            entry.path,
+            entry.target,
+            entry.status,
+            entry.client,
+        )
+
+    async def list_audit(self, before_id: int | None, limit: int) -> list[AuditEntry]:
+        rows = await self.pool.fetch(
+            "SELECT id, at, actor, method, path, target, status, client FROM admin_audit "
+            "WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            before_id if before_id is not None else 2**63 - 1,
+            limit,
+        )
+        return [
+            AuditEntry(id=r[0], at=r[1], actor=r[2], method=r[3], path=r[4], target=r[5], status=r[6], client=r[7])
+            for r in rows
+        ]
 
     # -- meta -----------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
