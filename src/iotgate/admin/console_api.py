@@ -6,7 +6,7 @@
 * ``GET /api/v1/products/{pk}/devices/{dn}/events`` — Server-Sent Events of the device's committed
   reports (``property``), raw messages/events and rejections (``message``), fed by the same hook.
 * ``GET /api/v1/tools/connection`` — device-listener endpoints of both dialects and certificate facts.
-* ``GET /api/v1/tools/device-cert`` — the device listener's certificate(s) as PEM, for device trust stores.
+* ``GET /api/v1/tools/device-cert`` — the device listener's certificate as PEM, for device trust stores.
 * ``POST /api/v1/tools/sign`` — the Alibaba ``/auth`` body with its sign and the Huawei
   ``/v5/device-auth`` body with its password, from a device's credentials.
 """
@@ -275,8 +275,9 @@ class ConsoleApi:
             host = f"[{host}]"
         return f"{'http' if p.settings.device_plain_http else 'https'}://{host}:{port}"
 
-    def cert_files(self) -> list[Path]:
-        """The listener's certificate, plus the ECDSA one the default self-signed setup also serves."""
+    def presented_certs(self) -> list[Path]:
+        """Files of the certificates the listener presents: the configured/RSA one, and the ECDSA leaf
+        the default self-signed setup also serves (issued by the RSA one, which devices trust)."""
         p = self.platform
         if p.cert_path is None or not p.cert_path.exists():
             return []
@@ -293,9 +294,7 @@ class ConsoleApi:
         """Device endpoints of both dialects and the device listener's certificate."""
         p = self.platform
         base = self.device_base_url(request)
-        certs = []
-        for path in self.cert_files():
-            certs.append(_cert_facts(path))
+        certs = [_cert_facts(path) for path in self.presented_certs()]
         return _json(
             {
                 "baseUrl": base,
@@ -321,17 +320,16 @@ class ConsoleApi:
         )
 
     async def device_cert(self, request: Request) -> Response:
-        """The device listener's certificate(s), PEM, to install as the devices' trusted CA."""
-        files = self.cert_files()
-        if not files:
+        """The device listener's certificate (PEM): the trust anchor to install on devices."""
+        p = self.platform
+        if p.cert_path is None or not p.cert_path.exists():
             raise ApiError(
                 404,
                 "not_found",
                 "the device listener has no certificate (it runs without TLS: --device-plain-http)",
             )
-        pem = b"".join(f.read_bytes().rstrip(b"\n") + b"\n" for f in files)
         return Response(
-            pem,
+            p.cert_path.read_bytes(),
             media_type="application/x-pem-file",
             headers={"Content-Disposition": 'attachment; filename="iotgate-device-ca.pem"'},
         )

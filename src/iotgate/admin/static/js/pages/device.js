@@ -166,7 +166,7 @@ async function statusTab(panel, { path, types, feed, liveState }, onSeen) {
   const setValue = (ident, value, time, flash) => {
     const c = cards[ident];
     if (!c) return false;
-    clear(c.value).append(formatValue(value), c.unit ? h('span.unit', c.unit) : null);
+    clear(c.value).append(formatValue(value), c.unit && value !== null && value !== undefined ? h('span.unit', c.unit) : null);
     c.value.classList.toggle('text', typeof value === 'string' || typeof value === 'object');
     const lab = labelled(types[ident], value);
     c.label.textContent = lab ? `(${lab})` : '';

@@ -45,10 +45,11 @@ export async function render(main, _params, query) {
       !info.tls ? h('p', 'The device listener runs without TLS (--device-plain-http); there is no certificate.')
         : !info.certificates.length ? h('p.muted', 'No certificate file is available.')
           : h('div',
-            h('p.muted', 'Devices must trust this certificate (it is self-signed unless you configured --tls-cert). The download holds every certificate the listener presents.'),
+            h('p.muted', 'Devices must trust the downloaded certificate (self-signed unless you configured --tls-cert). The listener presents it, or to clients that offer ECDSA an ECDSA certificate it issued.'),
             table([
               { label: 'Key', cell: (c) => c.keyType },
               { label: 'Subject', cell: (c) => h('code', c.subject) },
+              { label: 'Issuer', cell: (c) => h('code', c.issuer) },
               { label: 'Names', cell: (c) => (c.names || []).join(', ') },
               { label: 'Valid until', cell: (c) => fmtTime(c.notAfter) },
               { label: 'SHA-256 fingerprint', cell: (c) => h('code.small', c.sha256) },
