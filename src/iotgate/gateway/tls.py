@@ -49,8 +49,8 @@ def host_names() -> tuple[list[str], list[str]]:
     return sorted(n for n in names if n), sorted(addresses)
 
 
-def _subject(names: list[str]) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0] if names else "iotgate")])
+def _subject(names: list[str], suffix: str = "") -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (names[0] if names else "iotgate") + suffix)])
 
 
 def _san() -> x509.SubjectAlternativeName:
@@ -95,7 +95,7 @@ def _write_ecdsa(cert_path: Path, key_path: Path, issuer_cert: x509.Certificate,
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_subject(host_names()[0]))
+        .subject_name(_subject(host_names()[0], " ECDSA"))  # not its issuer's name: it is not self-issued
         .issuer_name(issuer_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
