@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from iotgate import __version__
-from iotgate.config import Settings, field_names, load_settings
+from iotgate.config import DESCRIPTIONS, Settings, field_names, load_settings
 
 console = Console()
 err = Console(stderr=True)
@@ -233,12 +233,12 @@ def device_cmd(args: argparse.Namespace) -> None:
 # -- serve / config ----------------------------------------------------------------------------
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {name: getattr(args, name, None) for name in field_names()}
-    return load_settings(overrides, args.config)
+    return load_settings(overrides, args.config or os.environ.get("IOTGATE_CONFIG") or None)
 
 
 def serve_cmd(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     from iotgate.server import serve
 
     try:
@@ -255,27 +255,28 @@ def config_cmd(args: argparse.Namespace) -> None:
     print(json.dumps(settings.masked(), indent=2))
 
 
-def setup_logging(level: str) -> None:
+def setup_logging(level: str, fmt: str = "auto") -> None:
     from iotgate.logs import configure
 
-    configure(level)
+    configure(level, None if fmt == "auto" else fmt == "json")
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
-    parser.add_argument("--config", help="TOML file with settings (keys as the flag names)")
+    parser.add_argument("--config", help="TOML file with settings (keys as the flag names; default: IOTGATE_CONFIG)")
     for name in field_names():
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
-        if isinstance(default, bool):
-            parser.add_argument(flag, dest=name, action="store_const", const=True, default=None)
+        about = DESCRIPTIONS.get(name, "").replace("%", "%%")
+        if isinstance(default, bool):  # --flag / --no-flag: a flag can also undo an IOTGATE_* variable
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=about)
         else:
             parser.add_argument(
                 flag,
                 dest=name,
                 default=None,
                 metavar=type(default).__name__.upper(),
-                help=f"default {default!r}",
+                help=f"{about} (default {default!r})".strip(),
             )
 
 

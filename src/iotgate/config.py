@@ -61,6 +61,7 @@ class Settings(msgspec.Struct, kw_only=True):
     maintenance_interval_s: float = 600.0  # how often retention and partition upkeep run
 
     log_level: str = "info"
+    log_format: str = "auto"  # auto: JSON lines unless stderr is a terminal; json; text
     access_log: bool = False
 
     @property
@@ -75,6 +76,76 @@ class Settings(msgspec.Struct, kw_only=True):
             if value and not (name == "database" and "://" not in str(value)):
                 out[name] = _mask(str(value))
         return out
+
+
+# One line per setting for `--help`, `iotgate config show` readers and docs/configuration.md
+# (tests/test_ops_config.py fails when a field has none, or when the document is out of date).
+DESCRIPTIONS: dict[str, str] = {
+    "data_dir": "Directory for the SQLite database, the admin key, the master key and the default TLS certificates.",
+    "database": "Empty: SQLite file `iotgate.db` in the data dir. Or a `postgresql://user:pass@host/db` URL.",
+    "node_id": "0..1023, part of every message ID; give each node sharing one database its own.",
+    "device_host": "Address the device listener binds to.",
+    "device_port": "Port of the device listener (Alink `/auth`, `/topic/...` and IoTDA `/v5/...` share it).",
+    "device_plain_http": "Serve devices over plain HTTP instead of TLS. Local testing only: secrets travel in clear.",
+    "tls_cert": "PEM certificate (chain) for the device listener; empty: a self-signed RSA + ECDSA pair in the data dir.",
+    "tls_key": "PEM private key of `tls_cert` (both or neither).",
+    "tls_profile": "`compat`: also the static-RSA AES-CBC suites Alibaba's C SDK needs; `modern`: ECDHE+AEAD only. "
+    "TLS 1.2 is the minimum either way.",
+    "admin_host": "Address of the admin listener (API, console, /metrics, /healthz). Keep it on loopback "
+    "or a private network.",
+    "admin_port": "Port of the admin listener.",
+    "admin_key": "Admin API key. Empty: the data dir's `admin-key` file (created on first start; rotatable). "
+    "Set here or by IOTGATE_ADMIN_KEY, it wins over the file and cannot be rotated by the API.",
+    "master_key": "Key (32 bytes, url-safe base64) that encrypts device secrets at rest. Empty: the data dir's "
+    "`master-key` file (created on first start).",
+    "commit_max_reports": "Most reports per group commit (one database transaction).",
+    "commit_max_delay_ms": "Longest wait for more reports before a commit; 0: commit as soon as the writer is free.",
+    "sqlite_synchronous": "SQLite `synchronous` pragma: FULL (durable on power loss), NORMAL, OFF or EXTRA.",
+    "alink_token_ttl_s": "Lifetime of an Alink `/auth` token (Alibaba: 7 days).",
+    "iotda_token_ttl_s": "Lifetime of an IoTDA `/v5/device-auth` access token.",
+    "iotda_reauth_grace_s": "How long an IoTDA token keeps working after the device got a newer one.",
+    "iotda_timestamp_skew_s": "Allowed device clock error for IoTDA `sign_type` 1.",
+    "alink_timestamp_skew_s": "Allowed age of an Alink `/auth` `timestamp` (Alibaba: 15 min).",
+    "device_rate_per_s": "Requests per second each device may make (token bucket); a product's `ratePerSecond` "
+    "overrides it. 0: unlimited.",
+    "device_rate_burst": "Bucket size for `device_rate_per_s` (requests a device may send at once).",
+    "max_connections_per_ip": "Most open device connections from one client address; more are refused (reset).",
+    "header_timeout_s": "A request's header must arrive within this many seconds of its first byte "
+    "(also: the TLS handshake, and the first byte of a new connection); else 408 and close.",
+    "body_timeout_s": "A request's body must arrive within this many seconds after its header; else 408 and close.",
+    "idle_timeout_s": "A kept-alive device connection with no request for this long is closed.",
+    "max_header_bytes": "Largest request line + headers of a device request; larger: 431 in the dialect's format.",
+    "registry_poll_s": "How often the registry picks up changes made by other nodes or workers.",
+    "workers": "Device-listener processes sharing the port (SO_REUSEPORT); more than 1 needs PostgreSQL.",
+    "history_retention_days": "Delete history and messages older than this many days; 0: keep forever.",
+    "maintenance_interval_s": "How often retention and partition upkeep run.",
+    "online_window_s": "A device counts as online while its last report is younger than this (Alibaba: 10 min).",
+    "forward_batch_size": "Outbox rows one forwarding delivery round claims per target.",
+    "forward_concurrency": "Devices delivered in parallel per forwarding target (each device stays in order).",
+    "forward_retry_initial_s": "First pause after a failed delivery round; doubles up to `forward_retry_max_s`.",
+    "forward_retry_max_s": "Longest pause between forwarding retries.",
+    "forward_dead_letter_after_s": "A message failing this long moves to the target's dead letters.",
+    "forward_outbox_warn_size": "Log a warning while a target has more messages than this waiting.",
+    "forward_poll_s": "How often an idle forwarding target looks for rows written by other processes.",
+    "log_level": "debug, info, warning, error or critical.",
+    "log_format": "`auto`: JSON lines unless stderr is a terminal; `json`; `text`.",
+    "access_log": "Log every request: device requests (dialect, endpoint, result, client) and admin requests.",
+}
+
+
+def markdown_table() -> str:
+    """The settings table of docs/configuration.md, generated from `Settings` and DESCRIPTIONS."""
+    defaults = Settings()
+    lines = ["| Setting (TOML key) | Flag | Environment | Default | Description |", "|---|---|---|---|---|"]
+    for name in field_names():
+        default = getattr(defaults, name)
+        shown = "(secret)" if name in SECRET_FIELDS and default else repr(default).replace("'", '"')
+        if isinstance(default, bool):
+            shown = str(default).lower()
+        desc = DESCRIPTIONS.get(name, "").replace("|", "\\|")
+        flag = "--" + name.replace("_", "-")
+        lines.append(f"| `{name}` | `{flag}` | `IOTGATE_{name.upper()}` | `{shown}` | {desc} |")
+    return "\n".join(lines) + "\n"
 
 
 def _mask(value: str) -> str:
@@ -154,6 +225,14 @@ def validate_settings(s: Settings) -> None:
         raise ValueError("node_id: worker processes use node_id+1 .. node_id+workers, which must stay ≤ 1023")
     if s.history_retention_days < 0 or s.maintenance_interval_s <= 0:
         raise ValueError("history_retention_days must be ≥ 0 and maintenance_interval_s > 0")
+    if s.log_level.lower() not in {"debug", "info", "warning", "error", "critical"}:
+        raise ValueError("log_level: expected debug, info, warning, error or critical")
+    if s.log_format not in {"auto", "json", "text"}:
+        raise ValueError("log_format: expected auto, json or text")
+    if min(s.header_timeout_s, s.body_timeout_s, s.idle_timeout_s) <= 0:
+        raise ValueError("header_timeout_s, body_timeout_s and idle_timeout_s must be > 0")
+    if s.max_header_bytes < 1024 or s.max_connections_per_ip < 1:
+        raise ValueError("max_header_bytes must be ≥ 1024 and max_connections_per_ip ≥ 1")
     if s.tls_profile not in {"compat", "modern"}:
         raise ValueError("tls_profile: expected 'compat' or 'modern'")
     if bool(s.tls_cert) != bool(s.tls_key):
@@ -167,3 +246,7 @@ def validate_settings(s: Settings) -> None:
     for port in (s.device_port, s.admin_port):
         if not 0 <= port <= 65535:
             raise ValueError(f"port {port} out of range")
+
+
+if __name__ == "__main__":  # python -m iotgate.config: the settings table for docs/configuration.md
+    print(markdown_table(), end="")

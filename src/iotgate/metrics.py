@@ -171,10 +171,28 @@ def device_reply(req: Request, resp: Response) -> None:
     """Count an answered device request and log it when it was refused (one line, no secrets)."""
     path = req.path
     result = device_request(path, resp)
+    if _access is not None:
+        _access.info(
+            "%s %s %d %s",
+            req.client or "-",
+            clean(path, 200),
+            resp.status,
+            result,
+            extra={"client": req.client, "path": clean(path, 200), "status": resp.status, "result": result},
+        )
     if result == "0" or (resp.status == 200 and not resp.body.startswith(b'{"code":')):
         return
     dialect, endpoint = classify(path)
     log_rejection(dialect, endpoint, _device_of(req, dialect, endpoint), result, _reason(resp), req.client)
+
+
+_access: logging.Logger | None = None
+
+
+def set_access_log(enabled: bool) -> None:
+    """--access-log: one `iotgate.access` line per device request (client, path, status, result; no headers)."""
+    global _access
+    _access = logging.getLogger("iotgate.access") if enabled else None
 
 
 def http_refusal(path: str, resp: Response, limit: str) -> Response:
@@ -301,11 +319,13 @@ class PlatformCollector(Collector):
             )
         core = getattr(p, "core", None)
         if core is not None:
-            window_ms = 10 * 60 * 1000
+            window_ms = float(getattr(p.settings, "online_window_s", 600.0)) * 1000
             now = time.time() * 1000
             online = sum(1 for seen in list(core.last_seen.values()) if now - seen < window_ms)
             yield GaugeMetricFamily(
-                "iotgate_devices_online", "Devices that reported in the last 10 minutes", value=online
+                "iotgate_devices_online",
+                "Devices that reported within the online window (online_window_s)",
+                value=online,
             )
         depths = outbox_depths(p)
         if depths is not None:

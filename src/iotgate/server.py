@@ -130,6 +130,7 @@ class Platform:
         self._write_server_info()
         self._start_background()
         metrics.bind_platform(self)
+        metrics.set_access_log(self.settings.access_log)
         self.ready = True
 
     def _tls_context(self) -> ssl.SSLContext | None:
