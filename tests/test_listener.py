@@ -108,6 +108,30 @@ def test_header_size_limit(hygiene: ServerProcess) -> None:
         assert resp.headers["connection"] == "close" and w.closed_by_server()
 
 
+def test_expect_100_continue(hygiene: ServerProcess, device: tuple[str, str, str]) -> None:
+    """curl sends `Expect: 100-continue` for large bodies: go on at once, or refuse before the body."""
+    pk, dn, secret = device
+    auth = sdk_auth_bytes(pk, dn, secret)
+    head, body = auth.split(b"\r\n\r\n", 1)
+    with Wire(hygiene.device_port) as w:
+        w.send(head + b"\r\nExpect: 100-continue\r\n\r\n")
+        deadline = time.monotonic() + 10
+        while len(w.buf) < 25 and w._fill(deadline):
+            pass
+        assert w.buf == b"HTTP/1.1 100 Continue\r\n\r\n"
+        w.buf = b""
+        w.send(body)
+        assert w.response().code == 0
+    with Wire(hygiene.device_port) as w:
+        w.send(
+            b"POST /topic/%s/%s/user/x HTTP/1.1\r\nHost: x\r\nPassword: t\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n" % (pk.encode(), dn.encode(), 128 * 1024 + 1)
+        )
+        resp = w.response()
+        assert resp.code == 10001 and resp.headers["connection"] == "close"
+        assert not resp.head.startswith(b"HTTP/1.1 100")
+
+
 # -- connection cap -----------------------------------------------------------------------------
 def test_connections_per_address_are_capped(hygiene: ServerProcess) -> None:
     held: list[Wire] = []

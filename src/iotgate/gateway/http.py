@@ -233,7 +233,8 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = self.server.now() + self.server.limits.body_timeout_s
         expect = self._headers.get("expect")
         if expect is not None and expect.lower() == "100-continue" and self.transport is not None:
-            if not self._busy and not self._queue:  # never ahead of an earlier pipelined reply
+            # never to HTTP/1.0 (RFC 9110 §10.1.1), never ahead of an earlier pipelined reply
+            if self.parser.get_http_version() == "1.1" and not self._busy and not self._queue:
                 self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
