@@ -178,8 +178,6 @@ def test_simulate_setup_errors_are_clear(server: ServerProcess, admin: Admin) ->
     draft_only = admin.product(None, name="unpublished")
     out = simulate(server, "--product", draft_only, "--count", "1")
     assert out.returncode == 1 and "no published thing model" in out.stderr
-    out = simulate(server, "--rate", "0", "--count", "1")
-    assert out.returncode == 1 and "--rate" in out.stderr
     disabled = admin.product(SEED_MODEL, name="disabled")
     admin.device(disabled, "off-0000")
     admin.c.patch(f"/api/v1/products/{disabled}/devices/off-0000", json={"enabled": False})

@@ -584,7 +584,13 @@ def _simulate(args: argparse.Namespace) -> None:
         invalid_ratio=args.invalid_ratio,
         seed=args.seed,
     )
-    info = {"protocol": args.protocol, "productKey": product_key, "devices": len(devices), "endpoint": endpoint}
+    info = {
+        "protocol": args.protocol,
+        "productKey": product_key,
+        "devices": len(devices),
+        "endpoint": endpoint,
+        "targetPerS": round(len(devices) * args.rate, 3),  # messagesPerS below it: server or simulator saturated
+    }
     stats = Stats()
     live = not args.json and err.is_terminal
     if not live and not args.json:
@@ -620,6 +626,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
         "tokenRenewals",
         "reauths",
         "elapsedS",
+        "targetPerS",
         "messagesPerS",
     ):
         table.add_row(key, str(summary[key]))
