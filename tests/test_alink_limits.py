@@ -73,7 +73,7 @@ def test_rate_limit_gets_40000_and_stores_nothing(strict: ServerProcess, strict_
     codes = [r.code for r in replies]
     assert codes[:2] == [0, 0], codes  # the burst
     limited = [r for r in replies if r.code == 40000]
-    assert len(limited) >= 4, codes
+    assert len(limited) >= 3, codes  # 2 tokens/s refill: at most 3 more pass unless the 8 took > 1.5 s
     assert all(r.json()["message"].startswith("request too many") for r in limited)
     assert len(strict_admin.messages(pk, dn, "message")) == codes.count(0)
 
