@@ -243,15 +243,16 @@ class Stats:
         if len(self.problems) < MAX_ERRORS_KEPT:
             self.problems.append(text)
 
-    def percentile(self, q: float) -> float | None:
-        if not self.latencies:
+    @staticmethod
+    def percentile(ordered: list[float], q: float) -> float | None:
+        if not ordered:
             return None
-        ordered = sorted(self.latencies)
         return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
     def summary(self, info: dict[str, Any]) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started
-        p50, p99 = self.percentile(0.50), self.percentile(0.99)
+        ordered = sorted(self.latencies)
+        p50, p99 = self.percentile(ordered, 0.50), self.percentile(ordered, 0.99)
         return {
             **info,
             "sent": self.sent,
