@@ -387,6 +387,28 @@ async def test_expire_removes_old_history_and_messages_in_bounded_steps(store: S
     assert await store.expire_step(cutoff, 10) == (0, False)
 
 
+async def test_expire_is_exact_not_per_partition(store: Storage) -> None:
+    """Rows just past the cutoff go, rows just inside stay, even within one (PostgreSQL) month."""
+    pk = await product(store)
+    [a] = await devices(store, pk, "dev-i101")
+    cutoff = NOW - 3600_000
+    await store.write_batch(
+        [
+            prop(next_id(), a.id, cutoff - 60_000, {"t": 1}),
+            prop(next_id(), a.id, cutoff + 60_000, {"t": 2}),
+            raw_msg(msg_id(cutoff - 60_000, 7), a.id, "message", received=cutoff - 60_000),
+            raw_msg(msg_id(cutoff + 60_000, 7), a.id, "message", received=cutoff + 60_000),
+        ]
+    )
+    more = True
+    for _ in range(100):
+        if not more:
+            break
+        _, more = await store.expire_step(cutoff, 1000)
+    assert await store.property_history(a.id, "t", 0, 10**13, 10) == [(cutoff + 60_000, 2)]
+    assert [m.received_at for m in await store.device_messages(a.id, None, None, 10)] == [cutoff + 60_000]
+
+
 # -- PostgreSQL specifics -----------------------------------------------------------------------
 @pytest.fixture
 async def pg(pg_url: str) -> AsyncIterator[PostgresStorage]:
