@@ -54,6 +54,16 @@ class Settings(msgspec.Struct, kw_only=True):
     idle_timeout_s: float = 300.0
     max_header_bytes: int = 16384
     registry_poll_s: float = 2.0
+    online_window_s: float = 600.0  # a device is online while its last report is younger than this
+
+    # forwarding (docs/forwarding.md)
+    forward_batch_size: int = 500  # outbox rows one delivery round claims per target
+    forward_concurrency: int = 32  # devices delivered in parallel per target (each device in order)
+    forward_retry_initial_s: float = 0.5  # first pause after a failed delivery round; doubles
+    forward_retry_max_s: float = 60.0  # longest pause between retries
+    forward_dead_letter_after_s: float = 3600.0  # failing this long moves a message to the dead letters
+    forward_outbox_warn_size: int = 100_000  # log a warning while a target has more waiting messages
+    forward_poll_s: float = 1.0  # how often an idle target looks for rows written by other processes
 
     # scaling and housekeeping (docs/scaling.md)
     workers: int = 1  # device-listener processes sharing the port (SO_REUSEPORT); >1 needs PostgreSQL
@@ -214,6 +224,12 @@ def load_settings(
 
 
 def validate_settings(s: Settings) -> None:
+    if s.forward_batch_size < 1 or s.forward_concurrency < 1 or s.forward_outbox_warn_size < 1:
+        raise ValueError("forward_batch_size, forward_concurrency and forward_outbox_warn_size must be ≥ 1")
+    if not 0 < s.forward_retry_initial_s <= s.forward_retry_max_s:
+        raise ValueError("forward_retry_initial_s must be > 0 and ≤ forward_retry_max_s")
+    if s.forward_dead_letter_after_s < 0 or s.forward_poll_s <= 0 or s.online_window_s <= 0:
+        raise ValueError("forward_dead_letter_after_s must be ≥ 0; forward_poll_s and online_window_s > 0")
     if not 1 <= s.workers <= 64:
         raise ValueError("workers: expected 1..64")
     if s.workers > 1 and not s.database.startswith(("postgres://", "postgresql://")):

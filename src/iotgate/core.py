@@ -158,15 +158,15 @@ class DeviceCore:
         except ReportRejected as rejected:
             await self.record_rejection(report.device, str(rejected), report.topic, report.payload, _rules(rejected))
             raise
-        return await self._commit_groups([(report.device, groups)])
+        return await self._commit_groups([(report, groups)])
 
     async def report_many(self, reports: list[PropertyReport]) -> int:
         """A gateway batch: all children valid, or nothing is stored (each rejection recorded)."""
-        accepted: list[tuple[DeviceInfo, list[tuple[int, dict[str, Any]]]]] = []
+        accepted: list[tuple[PropertyReport, list[tuple[int, dict[str, Any]]]]] = []
         failures: list[tuple[PropertyReport, ReportRejected]] = []
         for report in reports:
             try:
-                accepted.append((report.device, await self.validate(report)))
+                accepted.append((report, await self.validate(report)))
             except ReportRejected as exc:
                 failures.append((report, exc))
         if failures:
@@ -177,21 +177,23 @@ class DeviceCore:
             raise ReportRejected(message, issues)
         return await self._commit_groups(accepted)
 
-    async def _commit_groups(self, items: list[tuple[DeviceInfo, list[tuple[int, dict[str, Any]]]]]) -> int:
+    async def _commit_groups(self, items: list[tuple[PropertyReport, list[tuple[int, dict[str, Any]]]]]) -> int:
         received = now_ms()
         futures = []
         first_id = 0
-        for device, groups in items:
+        for report, groups in items:
             for ts, values in groups:
                 message_id = self.ids.next()
                 first_id = first_id or message_id
                 record = Record(
                     message_id=message_id,
-                    device_id=device.id,
+                    device_id=report.device.id,
                     kind="property",
                     ts=ts,
                     received_at=received,
                     values=values,
+                    topic=report.topic,  # not stored with history; forwarding names the request by them
+                    payload=report.payload,
                 )
                 futures.append(self.ingestor.submit(record))
         for fut in futures:
@@ -212,12 +214,12 @@ class DeviceCore:
             message = f"product {device.product_key} has no published thing model"
             await self.record_rejection(device, message, topic, payload, ["model"])
             raise ReportRejected(message, [])
-        _, issues = model.validate_event(identifier, params)
+        accepted, issues = model.validate_event(identifier, params)
         if issues:
             message = "; ".join(i.message for i in issues)
             await self.record_rejection(device, message, topic, payload, [i.rule for i in issues])
             raise ReportRejected(message, [_issue(i) for i in issues])
-        return await self.store(device, "event", topic, payload, identifier=identifier, ts=ts)
+        return await self.store(device, "event", topic, payload, identifier=identifier, ts=ts, params=accepted)
 
     async def store(
         self,
@@ -227,8 +229,10 @@ class DeviceCore:
         payload: bytes,
         identifier: str = "",
         ts: int | None = None,
+        params: dict[str, Any] | None = None,
     ) -> int:
-        """Commit a raw message (custom topic, messages/up, device info, OTA version, event)."""
+        """Commit a raw message (custom topic, messages/up, device info, OTA version, event).
+        params: an event's validated parameters (forwarded, not stored apart from the payload)."""
         received = now_ms()
         message_id = self.ids.next()
         await self.ingestor.submit(
@@ -241,6 +245,7 @@ class DeviceCore:
                 topic=topic,
                 identifier=identifier,
                 payload=payload,
+                params=params,
             )
         )
         return message_id

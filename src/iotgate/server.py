@@ -113,6 +113,11 @@ class Platform:
             MessageIds(self.settings.node_id + self.worker),
         )
         self.core.last_seen.update(await self.storage.last_seen())
+        from iotgate.forward.engine import Forwarder
+
+        # forwarding rules: outbox rows commit with the reports; the main process delivers them
+        self.forwarder = Forwarder(self.settings, self.storage, self.registry, self.core, box, deliver=not self.worker)
+        await self.forwarder.start()
         if self.worker:  # a worker process: the device side only
             await self._start_device_listener(reuse_port=True)
             self.ready = True
@@ -338,6 +343,8 @@ class Platform:
         if hasattr(self, "housekeeper"):
             await self.housekeeper.stop()
         await self.ingestor.stop()
+        if hasattr(self, "forwarder"):
+            await self.forwarder.stop()  # after the last commit: finish delivery rounds in progress
         if not self.worker:
             self.admin_server.should_exit = True
             with contextlib.suppress(Exception):

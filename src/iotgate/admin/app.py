@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from iotgate.admin import api, ops_api
+from iotgate.admin import api, ops_api, rules_api
 from iotgate.admin.errors import ApiError, error_response, handle_error
 from iotgate.errors import Conflict, CoreError
 from iotgate.model import ModelError
@@ -91,6 +91,7 @@ def create_admin_app(platform: Platform) -> ASGIApp:
         *openapi_routes(),
         *ops_api.ops_routes(),
         *api.ROUTES,
+        *rules_api.ROUTES,
     ]
     try:
         from iotgate.admin.console import console_routes  # the web console, when installed

@@ -12,8 +12,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from iotgate import metrics
+from iotgate.forward.rows import OutboxBatch
 from iotgate.storage.base import Record, Storage
 
 log = logging.getLogger("iotgate.ingest")
@@ -24,6 +26,15 @@ BatchEnricher = Callable[[list[Record]], Awaitable[None] | None]
 
 class ShuttingDown(Exception):
     """The pipeline no longer accepts reports."""
+
+
+class OutboxSource(Protocol):
+    """Builds the forwarding outbox rows of a batch, committed in the batch's own transaction
+    (iotgate.forward.engine.Forwarder): an acknowledged report is always eventually forwarded."""
+
+    async def build(self, records: list[Record]) -> OutboxBatch | None: ...
+
+    def committed(self, batch: OutboxBatch) -> None: ...
 
 
 class Ingestor:
@@ -37,6 +48,7 @@ class Ingestor:
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self.after_commit: list[CommitHook] = []
+        self.outbox: OutboxSource | None = None
         self.batches = 0
         self.committed = 0
 
@@ -82,8 +94,14 @@ class Ingestor:
     async def _commit(self, batch: list[tuple[Record, asyncio.Future[None]]]) -> None:
         records = [r for r, _ in batch]
         started = time.perf_counter()
+        outbox = None
         try:
-            await self.storage.write_batch(records)
+            if self.outbox is not None:
+                outbox = await self.outbox.build(records)
+            if outbox is None:
+                await self.storage.write_batch(records)
+            else:
+                await self.storage.write_batch(records, outbox)
         except Exception as exc:  # the database failed: every caller in the batch learns it
             metrics.COMMIT_FAILURES.inc()
             log.error("commit of %d reports failed: %s", len(records), exc)
@@ -97,6 +115,11 @@ class Ingestor:
         for _, fut in batch:
             if not fut.done():
                 fut.set_result(None)
+        if outbox is not None and self.outbox is not None:
+            try:
+                self.outbox.committed(outbox)  # wakes the delivery tasks
+            except Exception:
+                log.exception("outbox hook failed")
         for hook in self.after_commit:
             try:
                 hook(records)

@@ -11,6 +11,15 @@ from typing import Any
 
 import msgspec
 
+from iotgate.forward.rows import (
+    DeadLetterRow,
+    ForwardRuleRow,
+    OutboxBatch,
+    OutboxRow,
+    Settlement,
+    TargetStats,
+)
+
 
 class Conflict(Exception):
     """A unique key already exists, or a row is still referenced."""
@@ -66,6 +75,7 @@ class Record(msgspec.Struct, kw_only=True, array_like=True):
     values: dict[str, Any] | None = None
     payload: bytes = b""
     detail: str = ""
+    params: dict[str, Any] | None = None  # an event's validated parameters: forwarded, not stored
 
 
 class RegistryEvent(msgspec.Struct, kw_only=True):
@@ -181,8 +191,68 @@ class Storage(abc.ABC):
 
     # ingest
     @abc.abstractmethod
-    async def write_batch(self, records: list[Record]) -> None:
-        """Commit the records in one durable transaction (history, latest, messages)."""
+    async def write_batch(self, records: list[Record], outbox: OutboxBatch | None = None) -> None:
+        """Commit the records in one durable transaction (history, latest, messages), together with
+        the forwarding outbox rows and counters they produced (`outbox`, see iotgate.forward)."""
+
+    # forwarding (iotgate.forward; SQL shared by both backends in iotgate/forward/sql.py)
+    @abc.abstractmethod
+    async def forward_rules(self) -> list[ForwardRuleRow]:
+        """Every rule with its targets (spec decoded), ordered by id and target position."""
+
+    @abc.abstractmethod
+    async def forward_save_rule(self, rule: ForwardRuleRow) -> ForwardRuleRow | None:
+        """Insert (id 0) or update a rule and its targets in one transaction: targets with id 0 are
+        added, others updated, missing ones deleted with their outbox rows and dead letters. Returns
+        the stored rule with ids (None: no such rule). Conflict when the name is taken. Changes the
+        `forward:rev` meta value."""
+
+    @abc.abstractmethod
+    async def forward_delete_rule(self, rule_id: int) -> bool:
+        """Delete a rule, its targets, their outbox rows and dead letters; changes `forward:rev`."""
+
+    @abc.abstractmethod
+    async def forward_enqueue(self, batch: OutboxBatch) -> None:
+        """Outbox rows not tied to a report (lifecycle events), with their counters, in one transaction."""
+
+    @abc.abstractmethod
+    async def forward_cycle(
+        self, target_id: int, node_id: int, settle: Settlement | None, claim: int
+    ) -> list[OutboxRow]:
+        """One transaction: apply a delivery outcome, then claim up to `claim` of the oldest rows
+        of the target that are not in flight (tries+1, in flight), returned in id order."""
+
+    @abc.abstractmethod
+    async def forward_pending(self, target_id: int, node_id: int) -> bool:
+        """Whether the target has rows waiting (not in flight)."""
+
+    @abc.abstractmethod
+    async def forward_expire(self, target_id: int, node_id: int, created_before: int, now: int) -> int:
+        """Move the target's waiting rows created at or before `created_before` to the dead letters."""
+
+    @abc.abstractmethod
+    async def forward_release(self, node_id: int) -> int:
+        """On start: rows a previous run left in flight wait again (their tries stay counted)."""
+
+    @abc.abstractmethod
+    async def forward_queue_sizes(self, node_id: int) -> dict[int, int]:
+        """target_id -> outbox rows of this node."""
+
+    @abc.abstractmethod
+    async def forward_stats(self, rule_id: int | None = None) -> list[TargetStats]:
+        """Counters of every target (of one rule), all read in one statement so that they add up."""
+
+    @abc.abstractmethod
+    async def forward_dead_letters(self, target_ids: list[int], after_id: int, limit: int) -> list[DeadLetterRow]:
+        """Dead letters of the targets, oldest first, ids above `after_id`."""
+
+    @abc.abstractmethod
+    async def forward_replay(self, target_ids: list[int], ids: list[int] | None, node_id: int, now: int) -> int:
+        """Move dead letters (all of the targets', or those ids) back into the outbox; count as replayed."""
+
+    @abc.abstractmethod
+    async def forward_purge_orphans(self) -> int:
+        """Delete outbox rows and dead letters of targets that no longer exist."""
 
     # device data
     @abc.abstractmethod

@@ -33,6 +33,8 @@ import asyncpg
 import msgspec
 
 from iotgate.auth.secretbox import SecretBox
+from iotgate.forward.rows import OutboxBatch
+from iotgate.forward.store_postgres import ForwardPostgres, write_outbox
 from iotgate.storage.base import (
     AuditEntry,
     Conflict,
@@ -86,7 +88,7 @@ def _placeholders(start: int, count: int) -> str:
     return ", ".join(f"${i}" for i in range(start, start + count))
 
 
-class PostgresStorage(Storage):
+class PostgresStorage(ForwardPostgres, Storage):
     def __init__(
         self,
         dsn: str,
@@ -641,7 +643,7 @@ class PostgresStorage(Storage):
         await self._tx(run)
 
     # -- ingest ---------------------------------------------------------------------------
-    async def write_batch(self, records: list[Record]) -> None:
+    async def write_batch(self, records: list[Record], outbox: OutboxBatch | None = None) -> None:
         history, messages, latest, seen = split_batch(records)
         latest.sort(key=lambda r: (r[0], r[1]))  # one lock order for every writer: no deadlocks
         seen.sort()
@@ -684,6 +686,8 @@ class PostgresStorage(Storage):
                     "last_seen=GREATEST(device_seen.last_seen, EXCLUDED.last_seen)",
                     *seen_cols,
                 )
+            if outbox is not None:  # forwarding: committed with the reports that produced it
+                await write_outbox(con, outbox)
 
         await self._tx(run)
 

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import msgspec
 
 from iotgate.auth.secretbox import SecretBox
+from iotgate.forward.rows import OutboxBatch
+from iotgate.forward.store_sqlite import ForwardSqlite, write_outbox
 from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS
 from iotgate.storage.base import (
     AuditEntry,
@@ -49,7 +51,7 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-class SqliteStorage(Storage):
+class SqliteStorage(ForwardSqlite, Storage):
     def __init__(self, path: Path, synchronous: str = "FULL", secret_box: SecretBox | None = None) -> None:
         self.path = path
         self.synchronous = synchronous.upper()
@@ -480,13 +482,15 @@ class SqliteStorage(Storage):
         )
 
     # -- ingest ---------------------------------------------------------------------------
-    async def write_batch(self, records: list[Record]) -> None:
-        await self._write(lambda c: self._write_batch(c, records))
+    async def write_batch(self, records: list[Record], outbox: OutboxBatch | None = None) -> None:
+        await self._write(lambda c: self._write_batch(c, records, outbox))
 
-    def _write_batch(self, con: sqlite3.Connection, records: list[Record]) -> None:
+    def _write_batch(self, con: sqlite3.Connection, records: list[Record], outbox: OutboxBatch | None = None) -> None:
         history, messages, latest, seen = split_batch(records)
         con.execute("BEGIN IMMEDIATE")
         try:
+            if outbox is not None:
+                write_outbox(con, outbox)
             if history:
                 con.executemany("INSERT INTO history(message_id, device_id, ts, data) VALUES(?,?,?,?)", history)
             if messages:
