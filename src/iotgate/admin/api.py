@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 ONLINE_WINDOW_MS = 10 * 60 * 1000
 MAX_PAGE = 1000
 MAX_BATCH = 10000
+MAX_INT64 = 2**63 - 1
 FORMATS = ("iotgate", "alibaba", "huawei")
 
 
@@ -49,7 +50,7 @@ async def body_json(request: Request) -> Any:
         raise ApiError(422, "invalid", "request body is empty; send a JSON document")
     try:
         return msgspec.json.decode(raw)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
 
@@ -68,8 +69,8 @@ def int_param(request: Request, name: str, default: int, low: int = 0, high: int
         value = int(raw)
     except ValueError:
         raise ApiError(422, "invalid", f"query parameter {name} must be an integer") from None
-    if value < low or (high is not None and value > high):
-        bound = f"{low}..{high}" if high is not None else f"≥ {low}"
+    if value < low or (high is not None and value > high) or value > MAX_INT64:  # databases hold 64-bit integers
+        bound = f"{low}..{high}" if high is not None else f"{low}..{MAX_INT64}"
         raise ApiError(422, "invalid", f"query parameter {name} must be {bound}")
     return value
 
