@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from conftest import SEED_MODEL, Admin, ServerProcess
 from iotgate.model import CompiledModel, ThingModel, import_alibaba, import_huawei, parse_model
-from iotgate.simulate import SIM_PRODUCT_NAME, ValueGenerator
+from iotgate.simulate import SIM_PRODUCT_NAME, Dashboard, Stats, ValueGenerator
 
 FIXTURES = Path(__file__).parent / "fixtures" / "models"
 
@@ -103,6 +104,20 @@ def test_numbers_walk_within_range_on_the_step_grid() -> None:
     assert seen == {-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3, 0.4}  # the walk visits the whole grid
     levels = [gen.report()["battery"]["level"] for _ in range(100)]
     assert max(abs(a - b) for a, b in itertools.pairwise(levels)) <= 2  # a walk, not noise
+
+
+def test_live_view_shows_counts_and_latency() -> None:
+    stats = Stats(sent=40, accepted=37, expected_rejections=1, unexpected_rejections=2)
+    for ms in range(1, 101):
+        stats.latency(ms / 1000)
+    console = Console(record=True, width=120, force_terminal=False)
+    console.print(Dashboard(stats, {"protocol": "iotda", "devices": 4}, total=80, duration=None))
+    text = console.export_text()
+    assert "4 × iotda devices" in text and "50%" in text
+    row = next(line for line in text.splitlines() if line.startswith("│"))
+    cells = [c.strip() for c in row.strip("│").split("│")]
+    assert cells[:5] == ["40", "37", "3", "2", "0"]  # sent, accepted, rejected, unexpected, errors
+    assert cells[6:] == ["50.0", "99.0"]  # p50 / p99 in ms
 
 
 # -- the CLI against a server ----------------------------------------------------------------------
