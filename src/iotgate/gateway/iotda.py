@@ -110,7 +110,7 @@ def parse_event_time(value: object) -> int | None:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         doc = _decode(body.rstrip(b"\x00"))
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise invalid(f"body is not valid JSON ({_clip(str(exc), 120)})") from None
     if not isinstance(doc, dict):
         raise invalid("body must be a JSON object")
@@ -260,12 +260,12 @@ class IotdaDialect:
             raise not_sub_devices(f"{gateway.device_id} is not a gateway (its product's node type is {kind})")
         reports: list[PropertyReport] = []
         foreign: list[str] = []  # unknown, or not under this gateway (recorded on the gateway only)
-        bad: list[tuple[DeviceInfo | None, str, str, bytes]] = []  # (child, name, problem, its entry)
+        bad: list[tuple[DeviceInfo | None, str, str, bytes, list[str]]] = []  # child, name, problem, entry, rules
         for i, entry in enumerate(devices):
             where = f"devices[{i}]"
             child_id = entry.get("device_id") if isinstance(entry, dict) else None
             if not isinstance(entry, dict) or not isinstance(child_id, str) or not child_id:
-                bad.append((None, where, f"{where} must be an object with a device_id string and services", b""))
+                bad.append((None, where, f"{where} must be an object with a device_id string and services", b"", []))
                 continue
             parts = split_device_id(child_id)
             child = await self.core.registry.info_by_name(*parts) if parts else None
@@ -274,12 +274,12 @@ class IotdaDialect:
                 continue
             payload = _encode(entry)
             if not child.enabled:
-                bad.append((child, child_id, f"{where} is a disabled sub-device", payload))
+                bad.append((child, child_id, f"{where} is a disabled sub-device", payload, ["disabled"]))
                 continue
             try:
                 reports.extend(service_reports(child, entry, f"{where}.", topic, payload))
             except IotdaError as exc:
-                bad.append((child, child_id, exc.detail, payload))
+                bad.append((child, child_id, exc.detail, payload, []))
         if not foreign and not bad:
             try:  # validates every child, then commits all of them or records each rejection
                 await self.core.report_many(reports)
@@ -292,15 +292,17 @@ class IotdaDialect:
             try:
                 await self.core.validate(report)
             except ReportRejected as exc:
-                bad.append((report.device, report.device.device_id, str(exc), report.payload))
-        for child, _, problem, payload in bad:
+                rules = [str(issue.get("rule") or "malformed") for issue in exc.issues] or ["model"]
+                bad.append((report.device, report.device.device_id, str(exc), report.payload, rules))
+        for child, _, problem, payload, rules in bad:
             if child is not None:
-                await self.core.record_rejection(child, f"gateway {gateway.device_id}: {problem}", topic, payload)
-        problems = [f"{name}: {_clip(problem, 300)}" for _, name, problem, _ in bad]
+                reason = f"gateway {gateway.device_id}: {problem}"
+                await self.core.record_rejection(child, reason, topic, payload, rules)
+        problems = [f"{name}: {_clip(problem, 300)}" for _, name, problem, _, _ in bad]
         if foreign:  # the caller records the whole refusal on the gateway
             detail = f"{', '.join(foreign)} not sub-devices of gateway {gateway.device_id}"
             raise not_sub_devices(detail + ("; also: " + "; ".join(problems) if problems else ""))
-        names = list(dict.fromkeys(name for _, name, _, _ in bad))
+        names = list(dict.fromkeys(name for _, name, _, _, _ in bad))
         raise invalid(batch_message(names, len(devices), problems))
 
 
