@@ -1,7 +1,7 @@
 // A dependency-free SVG line chart with axes, grid, legend and a hover/keyboard read-out.
-import { h, svg, fmtNumber } from './ui.js';
+import { append, h, svg, fmtNumber } from './ui.js';
 
-const W = 760, H = 240, M = { l: 56, r: 16, t: 12, b: 30 };
+const M = { l: 56, r: 16, t: 12, b: 30 };
 
 function niceStep(span, count) {
   const raw = span / Math.max(1, count);
@@ -19,10 +19,11 @@ function timeLabel(ms, span) {
 }
 
 /**
- * lineChart({series: [{name, points: [[timeMs, value], ...]}], from, to, unit, label, step})
- * step: draw steps (counters) instead of straight segments. Returns a figure element.
+ * lineChart({series: [{name, points: [[timeMs, value], ...]}], from, to, unit, label, yMin, area, width, height,
+ * compact}) → a figure with an SVG chart (compact: larger text for small charts).
  */
-export function lineChart({ series, from, to, unit = '', label = 'chart', yMin, area = false }) {
+export function lineChart({ series, from, to, unit = '', label = 'chart', yMin, area = false, width = 760, height = 240, compact = false }) {
+  const W = width, H = height;
   const all = series.flatMap((s) => s.points);
   const xs = all.map((p) => p[0]);
   const ys = all.map((p) => p[1]);
@@ -40,34 +41,34 @@ export function lineChart({ series, from, to, unit = '', label = 'chart', yMin, 
   const px = (x) => M.l + ((x - x0) / xspan) * (W - M.l - M.r);
   const py = (y) => H - M.b - ((y - y0) / (y1 - y0)) * (H - M.t - M.b);
 
-  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': label, tabindex: '0' });
+  const root = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: compact ? 'chart compact' : 'chart', role: 'img', 'aria-label': label, tabindex: '0' });
   for (let y = y0; y <= y1 + ystep / 2; y += ystep) {
-    root.append(svg('line', { class: 'grid', x1: M.l, x2: W - M.r, y1: py(y), y2: py(y) }),
+    append(root, svg('line', { class: 'grid', x1: M.l, x2: W - M.r, y1: py(y), y2: py(y) }),
       svg('text', { x: M.l - 6, y: py(y) + 4, 'text-anchor': 'end' }, fmtNumber(+y.toFixed(6), 3)));
   }
   const xticks = 6;
   for (let i = 0; i <= xticks; i++) {
     const x = x0 + (xspan * i) / xticks;
-    root.append(svg('text', { x: px(x), y: H - 10, 'text-anchor': i === 0 ? 'start' : i === xticks ? 'end' : 'middle' }, timeLabel(x, xspan)));
+    append(root, svg('text', { x: px(x), y: H - 10, 'text-anchor': i === 0 ? 'start' : i === xticks ? 'end' : 'middle' }, timeLabel(x, xspan)));
   }
-  root.append(svg('line', { class: 'axis', x1: M.l, x2: W - M.r, y1: H - M.b, y2: H - M.b }),
+  append(root, svg('line', { class: 'axis', x1: M.l, x2: W - M.r, y1: H - M.b, y2: H - M.b }),
     svg('line', { class: 'axis', x1: M.l, x2: M.l, y1: M.t, y2: H - M.b }));
-  if (unit) root.append(svg('text', { x: 4, y: M.t + 4 }, unit));
+  if (unit) append(root, svg('text', { x: 4, y: M.t + 4 }, unit));
 
   series.forEach((s, i) => {
     const pts = [...s.points].sort((a, b) => a[0] - b[0]);
     if (!pts.length) return;
     const d = pts.map((p, j) => `${j ? 'L' : 'M'}${px(p[0]).toFixed(1)},${py(p[1]).toFixed(1)}`).join('');
-    if (area && i === 0) root.append(svg('path', { class: 'area0', d: `${d}L${px(pts[pts.length - 1][0]).toFixed(1)},${py(y0)}L${px(pts[0][0]).toFixed(1)},${py(y0)}Z` }));
-    root.append(svg('path', { class: `line s${i}`, d }));
-    if (pts.length <= 60) for (const p of pts) root.append(svg('circle', { class: `f${i}`, cx: px(p[0]), cy: py(p[1]), r: 2.5 }));
+    if (area && i === 0) append(root, svg('path', { class: 'area0', d: `${d}L${px(pts[pts.length - 1][0]).toFixed(1)},${py(y0)}L${px(pts[0][0]).toFixed(1)},${py(y0)}Z` }));
+    append(root, svg('path', { class: `line s${i}`, d }));
+    if (pts.length <= 60) for (const p of pts) append(root, svg('circle', { class: `f${i}`, cx: px(p[0]), cy: py(p[1]), r: 2.5 }));
   });
 
   // read-out: nearest point of each series under the pointer (or the arrow keys)
   const cursor = svg('line', { class: 'cursor hidden', y1: M.t, y2: H - M.b });
   const tipBg = svg('rect', { class: 'tip-bg hidden', rx: 4, height: 20 + 14 * series.length });
   const tip = svg('text', { class: 'hidden' });
-  root.append(cursor, tipBg, tip);
+  append(root, cursor, tipBg, tip);
   const sorted = series.map((s) => [...s.points].sort((a, b) => a[0] - b[0]));
   const show = (x) => {
     const lines = [];
@@ -84,8 +85,8 @@ export function lineChart({ series, from, to, unit = '', label = 'chart', yMin, 
     cursor.setAttribute('x1', cx); cursor.setAttribute('x2', cx);
     while (tip.firstChild) tip.removeChild(tip.firstChild);
     const tx = cx > W / 2 ? cx - 190 : cx + 10;
-    tip.append(svg('tspan', { x: tx + 8, y: M.t + 16 }, new Date(at).toLocaleString()));
-    lines.forEach((l, i) => tip.append(svg('tspan', { x: tx + 8, y: M.t + 30 + 14 * i }, l)));
+    append(tip, svg('tspan', { x: tx + 8, y: M.t + 16 }, new Date(at).toLocaleString()));
+    lines.forEach((l, i) => append(tip, svg('tspan', { x: tx + 8, y: M.t + 30 + 14 * i }, l)));
     tipBg.setAttribute('x', tx); tipBg.setAttribute('y', M.t + 2); tipBg.setAttribute('width', 180);
     for (const el of [cursor, tipBg, tip]) el.classList.remove('hidden');
   };

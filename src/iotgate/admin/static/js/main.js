@@ -1,6 +1,6 @@
 // The console's shell: sign-in, navigation and a hash router (#/products/…); pages live in pages/*.js.
 import { get, request, setCsrf, setUnauthorizedHandler } from './api.js';
-import { clear, field, h, toast } from './ui.js';
+import { append, clear, field, h, toast } from './ui.js';
 import * as overview from './pages/overview.js';
 import * as products from './pages/products.js';
 import * as devices from './pages/devices.js';
@@ -59,7 +59,7 @@ async function route() {
   clear(main);
   const found = ROUTES.find(([re]) => re.test(path));
   if (!found) {
-    main.append(h('h1', 'Page not found'), h('p', h('a', { href: '#/overview' }, 'Go to the overview')));
+    append(main, h('h1', 'Page not found'), h('p', h('a', { href: '#/overview' }, 'Go to the overview')));
     return;
   }
   const params = path.match(found[0]).slice(1).map(decodeURIComponent);
@@ -68,7 +68,7 @@ async function route() {
     if (typeof result === 'function') cleanup = result;
   } catch (err) {
     if (err.status === 401) return;
-    main.append(h('div.form-error', err.message || String(err)));
+    append(main, h('div.form-error', err.message || String(err)));
   }
 }
 

@@ -1,6 +1,6 @@
 // Ready-to-paste device snippets (curl + openssl, and the Python SDK iotgate.client) for both dialects.
 import { connectionInfo, enc, get, qs } from './api.js';
-import { clear, copyButton, h, tabs } from './ui.js';
+import { append, clear, copyButton, h, tabs } from './ui.js';
 
 const NUMBER = ['int32', 'int64', 'float', 'double'];
 
@@ -96,7 +96,7 @@ export async function snippetBox(cred) {
   try {
     info = await connectionInfo();
   } catch (err) {
-    box.append(h('div.form-error', err.message));
+    append(box, h('div.form-error', err.message));
     return box;
   }
   const s = snippets(info, cred, await exampleValues(cred.productKey));
@@ -109,10 +109,10 @@ export async function snippetBox(cred) {
   const panel = h('div.snippet');
   const t = tabs(defs.map((d) => ({ ...d, id: 'snippet-' + d.id })), null, (id) => {
     const key = id.replace('snippet-', '');
-    clear(panel).append(h('pre', { dataset: { snippet: key } }, h('code', s[key])), copyButton(() => s[key], 'Copy', 'snippet'));
+    append(clear(panel), h('pre', { dataset: { snippet: key } }, h('code', s[key])), copyButton(() => s[key], 'Copy', 'snippet'));
   });
-  box.append(t.el, panel);
+  append(box, t.el, panel);
   t.select('snippet-curlAlink');
-  if (info.tls) box.append(h('p.muted.small', 'The device listener uses TLS: ', h('a', { href: '/api/v1/tools/device-cert', download: 'iotgate-device-ca.pem' }, 'download its certificate'), ' and save it next to the script as iotgate-device-ca.pem.'));
+  if (info.tls) append(box, h('p.muted.small', 'The device listener uses TLS: ', h('a', { href: '/api/v1/tools/device-cert', download: 'iotgate-device-ca.pem' }, 'download its certificate'), ' and save it next to the script as iotgate-device-ca.pem.'));
   return box;
 }

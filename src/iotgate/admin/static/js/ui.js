@@ -26,7 +26,7 @@ export function h(spec, attrs, ...children) {
   return el;
 }
 
-export function append(el, children) {
+export function append(el, ...children) {
   for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined || c === false) continue;
     el.appendChild(c instanceof Node ? c : document.createTextNode(String(c)));
@@ -150,7 +150,7 @@ export function modal({ title, body, actions = [], wide = false, onClose, onSubm
   dlg.addEventListener('cancel', (e) => { e.preventDefault(); close(); });
   if (onSubmit) {
     const submit = h('button', { type: 'submit', class: danger ? 'btn-danger-solid' : 'btn-primary' }, submitLabel);
-    foot.append(h('button', { type: 'button', onclick: () => close() }, cancelLabel), submit);
+    append(foot, h('button', { type: 'button', onclick: () => close() }, cancelLabel), submit);
     inner.addEventListener('submit', async (e) => {
       e.preventDefault();
       formError.textContent = '';

@@ -3,7 +3,7 @@
 import { del, devicePath, enc, get, patch, post, qs } from '../api.js';
 import { lineChart } from '../chart.js';
 import {
-  badge, clear, clearErrors, confirmDialog, copyButton, download, errorPanel, field, fmtAgo, fmtNumber, fmtTime, h,
+  append, badge, clear, clearErrors, confirmDialog, copyButton, download, errorPanel, field, fmtAgo, fmtNumber, fmtTime, h,
   pageHead, select, setError, showApiError, statusBadge, table, tabs, toast, toCsv,
 } from '../ui.js';
 import { showCredentials } from './devices.js';
@@ -77,7 +77,7 @@ export async function render(main, [pk, dn], query) {
   try {
     [device, product] = await Promise.all([get(path), get(`/api/v1/products/${enc(pk)}`)]);
   } catch (err) {
-    main.append(pageHead(dn, { crumbs: [{ label: 'Devices', href: '#/devices' }] }), errorPanel(err));
+    append(main, pageHead(dn, { crumbs: [{ label: 'Devices', href: '#/devices' }] }), errorPanel(err));
     return;
   }
   try { model = await get(`/api/v1/products/${enc(pk)}/thing-model` + qs({ version: 'latest' })); } catch (e) { /* unpublished */ }
@@ -86,11 +86,11 @@ export async function render(main, [pk, dn], query) {
   const liveState = h('span.live', { id: 'live-state', 'aria-live': 'polite' }, 'Connecting…');
   const feed = liveFeed(path, (ok) => {
     liveState.textContent = '';
-    liveState.append(ok ? h('span.dot.ok', { 'aria-hidden': 'true' }) : h('span.dot', { 'aria-hidden': 'true' }), ok ? 'Live' : 'Reconnecting…');
+    append(liveState, ok ? h('span.dot.ok', { 'aria-hidden': 'true' }) : h('span.dot', { 'aria-hidden': 'true' }), ok ? 'Live' : 'Reconnecting…');
     liveState.dataset.connected = String(ok);
   });
   const headBox = h('div');
-  const renderHead = () => clear(headBox).append(pageHead(device.deviceName, {
+  const renderHead = () => append(clear(headBox), pageHead(device.deviceName, {
     crumbs: [{ label: 'Devices', href: '#/devices' }, { label: product.name, href: `#/products/${enc(pk)}` }, { label: device.deviceName }],
     sub: h('span.row', { id: 'device-badges' }, statusBadge(device),
       device.enabled ? badge('Enabled', 'ok') : badge('Disabled', 'danger'),
@@ -151,14 +151,14 @@ export async function render(main, [pk, dn], query) {
     else if (id === 'subdevices') await subDevicesTab(panel, ctx);
     else await infoTab(panel, ctx);
   });
-  main.append(headBox, t.el, panel);
+  append(main, headBox, t.el, panel);
   t.select(defs.some((d) => d.id === query.get('tab')) ? query.get('tab') : 'status');
   return () => { if (tabCleanup) tabCleanup(); feed.close(); };
 }
 
 async function statusTab(panel, { path, types, feed, liveState }, onSeen) {
   const grid = h('div.prop-grid', { id: 'running-status' });
-  panel.append(h('section.panel',
+  append(panel, h('section.panel',
     h('div.panel-head', h('h2', 'Running status'), liveState),
     h('p.muted.small', 'The latest value of each property; new reports appear here as they are committed.'),
     grid));
@@ -166,7 +166,9 @@ async function statusTab(panel, { path, types, feed, liveState }, onSeen) {
   const setValue = (ident, value, time, flash) => {
     const c = cards[ident];
     if (!c) return false;
-    clear(c.value).append(formatValue(value), c.unit && value !== null && value !== undefined ? h('span.unit', c.unit) : null);
+    if (flash && c.ts && time < c.ts) return true; // a late report of older data: the latest value stays
+    c.ts = time;
+    append(clear(c.value), formatValue(value), c.unit && value !== null && value !== undefined ? h('span.unit', c.unit) : null);
     c.value.classList.toggle('text', typeof value === 'string' || typeof value === 'object');
     const lab = labelled(types[ident], value);
     c.label.textContent = lab ? `(${lab})` : '';
@@ -194,10 +196,10 @@ async function statusTab(panel, { path, types, feed, liveState }, onSeen) {
       const items = (await get(path + '/properties')).items;
       clear(grid);
       for (const k of Object.keys(cards)) delete cards[k];
-      if (!items.length) grid.append(h('div.empty', 'The product’s thing model has no properties yet, or it is not published.'));
+      if (!items.length) append(grid, h('div.empty', 'The product’s thing model has no properties yet, or it is not published.'));
       items.forEach(addCard);
     } catch (err) {
-      clear(grid).append(h('div.form-error', err.message));
+      append(clear(grid), h('div.form-error', err.message));
     }
   };
   await load();
@@ -223,7 +225,7 @@ async function historyTab(panel, { path, pk, dn, types }) {
   try {
     props = (await get(path + '/properties')).items;
   } catch (err) {
-    panel.append(errorPanel(err));
+    append(panel, errorPanel(err));
     return;
   }
   const range = select(RANGES, '3600000', { id: 'history-range' });
@@ -245,17 +247,17 @@ async function historyTab(panel, { path, pk, dn, types }) {
     const [t0, t1] = bounds();
     if (!(t0 >= 0) || !(t1 >= 0)) { setError(!(t0 >= 0) ? from : to, 'Enter a date and time.'); return; }
     if (t0 > t1) { setError(to, '“To” must be after “From”.'); return; }
-    clear(out).append(h('p.muted', 'Loading…'));
+    append(clear(out), h('p.muted', 'Loading…'));
     try {
       const results = await Promise.all(props.map((p) => get(`${path}/properties/${enc(p.identifier)}/history` + qs({ from: Math.floor(t0), to: Math.ceil(t1), limit: 5000 }))));
       data = {};
       props.forEach((p, i) => { data[p.identifier] = results[i].items.slice().reverse(); });
     } catch (err) {
-      clear(out).append(h('div.form-error', err.message));
+      append(clear(out), h('div.form-error', err.message));
       return;
     }
     clear(out);
-    if (!props.length) { out.append(h('div.panel.empty', 'No properties to chart.')); return; }
+    if (!props.length) { append(out, h('div.panel.empty', 'No properties to chart.')); return; }
     const grid = h('div.charts');
     for (const p of props) {
       const points = data[p.identifier];
@@ -264,14 +266,14 @@ async function historyTab(panel, { path, pk, dn, types }) {
       const body = !points.length
         ? h('div.empty', 'No values in this time range.')
         : numeric
-          ? lineChart({ series: [{ name: p.name || p.identifier, points: points.map((x) => [x.time, Number(x.value)]) }], from: t0, to: t1, unit: p.unit || '', label: `${p.name} from ${fmtTime(t0)} to ${fmtTime(t1)}: ${points.length} values` })
+          ? lineChart({ series: [{ name: p.name || p.identifier, points: points.map((x) => [x.time, Number(x.value)]) }], from: t0, to: t1, unit: p.unit || '', width: 560, height: 240, compact: true, label: `${p.name} from ${fmtTime(t0)} to ${fmtTime(t1)}: ${points.length} values` })
           : table([{ label: 'Time', cell: (x) => fmtTime(x.time, true) }, { label: 'Value', cell: (x) => formatValue(x.value) }], points.slice(-50).reverse());
-      grid.append(h('section.panel', { dataset: { history: p.identifier } },
+      append(grid, h('section.panel', { dataset: { history: p.identifier } },
         h('div.panel-head', h('h2', p.name || p.identifier, ' ', h('span.muted.small', `${points.length} value${points.length === 1 ? '' : 's'}`)),
           h('button.btn-small', { type: 'button', 'aria-label': `Download ${p.identifier} as CSV`, onclick: () => csv([p]) }, 'CSV')),
         body));
     }
-    out.append(grid);
+    append(out, grid);
   };
   const csv = (which) => {
     const rows = [['time', 'timeMs', 'identifier', 'value']];
@@ -280,10 +282,10 @@ async function historyTab(panel, { path, pk, dn, types }) {
   };
   range.addEventListener('change', () => { custom.classList.toggle('hidden', range.value !== 'custom'); if (range.value !== 'custom') load(); });
   const controls = h('form.filters', field('Time range', range), custom,
-    h('div.field', h('button.btn-primary', { type: 'submit' }, 'Show')),
-    h('div.field', h('button', { type: 'button', id: 'history-csv', onclick: () => csv(props) }, 'Download all as CSV')));
+    h('div.field.btn-field', h('button.btn-primary', { type: 'submit' }, 'Show')),
+    h('div.field.btn-field', h('button', { type: 'button', id: 'history-csv', onclick: () => csv(props) }, 'Download all as CSV')));
   controls.addEventListener('submit', (e) => { e.preventDefault(); load(); });
-  panel.append(controls, out);
+  append(panel, controls, out);
   await load();
 }
 
@@ -294,7 +296,7 @@ function messageRow(m) {
   return h('tr', { dataset: { kind: m.kind, messageId: m.messageId } },
     h('td.nowrap', fmtTime(m.receivedAt || m.time, true)),
     h('td', badge(KIND_LABELS[m.kind] || m.kind, m.kind === 'rejected' ? 'danger' : m.kind === 'event' ? 'warn' : 'info')),
-    h('td', h('code', m.topic || ''), m.identifier ? h('div.small', 'event ', h('code', m.identifier)) : null),
+    h('td.messages-topic', h('code', m.topic || ''), m.identifier ? h('div.small', 'event ', h('code', m.identifier)) : null),
     h('td', m.reason ? h('div.reason', { dataset: { reason: '' } }, m.reason) : h('span.muted', '—')),
     h('td', payload.length > 160
       ? h('details', h('summary', h('code', short)), h('pre.payload', payload))
@@ -323,7 +325,7 @@ async function messagesTab(panel, { path, feed }) {
   };
   kind.addEventListener('change', () => load());
   more.addEventListener('click', () => load(true));
-  panel.append(h('section.panel',
+  append(panel, h('section.panel',
     h('div.panel-head', h('h2', 'Messages'), h('div', field('Kind', kind))),
     h('p.muted.small', 'Events, raw messages, device info, OTA versions and rejected reports with the reason, newest first; new ones appear live.'),
     errorBox,
@@ -352,7 +354,7 @@ async function subDevicesTab(panel, { path }) {
   const load = async () => {
     try {
       const page = await get(path + '/sub-devices' + qs({ limit: 1000 }));
-      clear(list).append(table([
+      append(clear(list), table([
         { label: 'DeviceName', cell: (d) => h('a', { href: `#/devices/${enc(d.productKey)}/${enc(d.deviceName)}` }, d.deviceName) },
         { label: 'ProductKey', cell: (d) => h('code', d.productKey) },
         { label: 'Status', cell: (d) => statusBadge(d) },
@@ -365,7 +367,7 @@ async function subDevicesTab(panel, { path }) {
         }, 'Detach') },
       ], page.items, 'No sub-devices attached. Attach devices of a “Gateway sub-device” product.'));
     } catch (err) {
-      clear(list).append(h('div.form-error', err.message));
+      append(clear(list), h('div.form-error', err.message));
     }
   };
   form.addEventListener('submit', async (e) => {
@@ -382,7 +384,7 @@ async function subDevicesTab(panel, { path }) {
       showApiError(err, formError, {});
     }
   });
-  panel.append(h('section.panel', h('h2', 'Sub-devices'), list), h('section.panel', h('h2', 'Attach'), form));
+  append(panel, h('section.panel', h('h2', 'Sub-devices'), list), h('section.panel', h('h2', 'Attach'), form));
   await load();
 }
 
@@ -394,7 +396,7 @@ async function infoTab(panel, { device }) {
     onclick: () => { shown = !shown; secret.textContent = shown ? device.deviceSecret : '•'.repeat(16); reveal.textContent = shown ? 'Hide' : 'Show'; },
   }, 'Show');
   const cred = { productKey: device.productKey, deviceName: device.deviceName, deviceSecret: device.deviceSecret, deviceId: device.deviceId };
-  panel.append(
+  append(panel, 
     h('section.panel', h('h2', 'Credentials'),
       h('dl.kv',
         h('dt', 'ProductKey'), h('dd', h('div.secret-row', h('code', device.productKey), copyButton(device.productKey, 'Copy', 'ProductKey'))),

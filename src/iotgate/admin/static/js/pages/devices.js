@@ -2,7 +2,7 @@
 // enable/disable and delete.
 import { allProducts, del, devicePath, enc, get, patch, post, qs } from '../api.js';
 import {
-  clear, clearErrors, confirmDialog, copyButton, download, errorPanel, field, fmtAgo, fmtTime, h, modal, pageHead,
+  append, clear, clearErrors, confirmDialog, copyButton, download, errorPanel, field, fmtAgo, fmtTime, h, modal, pageHead,
   pager, parseCsv, select, setError, showApiError, statusBadge, table, toast, toCsv, badge,
 } from '../ui.js';
 import { snippetBox } from '../snippets.js';
@@ -159,7 +159,7 @@ export async function render(main, _params, query) {
     location.hash = '#/devices' + qs({ product: s.product, search: s.search, online: s.online, offset: s.offset || '' });
   };
   const list = h('div.panel');
-  main.append(pageHead('Devices', {
+  append(main, pageHead('Devices', {
     sub: 'Devices authenticate with their DeviceSecret; online means a report in the last 10 minutes.',
     actions: [
       h('button', { type: 'button', id: 'import-devices', onclick: () => importDialog(state.product, load) }, 'Bulk import (CSV)'),
@@ -171,7 +171,7 @@ export async function render(main, _params, query) {
   try {
     productSel = await productSelect(state.product, { all: true, id: 'filter-product' });
   } catch (err) {
-    main.append(errorPanel(err));
+    append(main, errorPanel(err));
     return;
   }
   const products = Object.fromEntries((await allProducts()).map((p) => [p.productKey, p]));
@@ -181,11 +181,11 @@ export async function render(main, _params, query) {
     field('Product', productSel),
     h('div.field.wide', h('label', { for: 'filter-search' }, 'Search'), search),
     field('Status', online),
-    h('div.field', h('button', { type: 'submit' }, 'Search')));
+    h('div.field.btn-field', h('button', { type: 'submit' }, 'Search')));
   filters.addEventListener('submit', (e) => { e.preventDefault(); go({ product: productSel.value, search: search.value.trim(), online: online.value, offset: 0 }); });
   productSel.addEventListener('change', () => go({ product: productSel.value, offset: 0 }));
   online.addEventListener('change', () => go({ online: online.value, offset: 0 }));
-  main.append(filters, list);
+  append(main, filters, list);
 
   async function toggle(d) {
     try {
@@ -209,10 +209,10 @@ export async function render(main, _params, query) {
   }
 
   async function load() {
-    clear(list).append(h('p.muted', 'Loading…'));
+    append(clear(list), h('p.muted', 'Loading…'));
     try {
       const page = await get('/api/v1/devices' + qs({ productKey: state.product, search: state.search, online: state.online, offset: state.offset, limit: PAGE }));
-      clear(list).append(
+      append(clear(list), 
         state.online ? h('p.muted.small', 'The status filter applies to the devices of this page.') : null,
         table([
           { label: 'DeviceName', cell: (d) => h('a', { href: `#/devices/${enc(d.productKey)}/${enc(d.deviceName)}` }, d.deviceName) },
@@ -228,7 +228,7 @@ export async function render(main, _params, query) {
         ], page.items, state.search || state.product || state.online ? 'No devices match.' : 'No devices yet. Add one, or import a CSV file.'),
         pager(state.offset, PAGE, page.total, (o) => go({ offset: o })));
     } catch (err) {
-      clear(list).append(errorPanel(err, load));
+      append(clear(list), errorPanel(err, load));
     }
   }
   await load();

@@ -1,6 +1,6 @@
 // Forwarding: data-forwarding rules with their counters and dead letters, when the server has them.
 import { enc, get, qs } from '../api.js';
-import { badge, clear, errorPanel, fmtNumber, fmtTime, h, pageHead, table } from '../ui.js';
+import { append, badge, clear, errorPanel, fmtNumber, fmtTime, h, pageHead, table } from '../ui.js';
 
 const COUNTER_ORDER = ['matched', 'filtered', 'filteredOut', 'delivered', 'redelivered', 'retries', 'replayed', 'outbox', 'inflight', 'inFlight', 'queued', 'dead', 'deadLettered'];
 
@@ -19,24 +19,24 @@ function targetLine(t) {
 }
 
 export async function render(main) {
-  main.append(pageHead('Forwarding', { sub: 'Rules forward committed device data to other systems (HTTP endpoints, message brokers, databases).' }));
+  append(main, pageHead('Forwarding', { sub: 'Rules forward committed device data to other systems (HTTP endpoints, message brokers, databases).' }));
   const body = h('div');
-  main.append(body);
+  append(main, body);
   let rules;
   try {
     const res = await get('/api/v1/rules');
     rules = Array.isArray(res) ? res : res.items || res.rules || [];
   } catch (err) {
     if (err.status === 404 || err.status === 405) {
-      body.append(h('div.panel', { id: 'forwarding-unavailable' },
+      append(body, h('div.panel', { id: 'forwarding-unavailable' },
         h('h2', 'Forwarding is not available on this server'),
         h('p.muted', 'This iotgate build has no rules API (/api/v1/rules). Devices still report and their data is stored; forwarding arrives with a later version.')));
       return;
     }
-    body.append(errorPanel(err));
+    append(body, errorPanel(err));
     return;
   }
-  body.append(h('section.panel', h('h2', 'Rules'),
+  append(body, h('section.panel', h('h2', 'Rules'),
     table([
       { label: 'Rule', cell: (r) => h('div', h('strong', r.name || `rule ${r.id}`), r.description ? h('div.muted.small', r.description) : null) },
       { label: 'State', cell: (r) => (r.enabled === false ? badge('Disabled', 'danger') : badge('Enabled', 'ok')) },
@@ -45,7 +45,7 @@ export async function render(main) {
     ], rules, 'No forwarding rules yet. Create them with the API or the CLI (iotgate rule …).')));
 
   const dead = h('section.panel', h('h2', 'Dead letters'), h('p.muted', 'Loading…'));
-  body.append(dead);
+  append(body, dead);
   const items = [];
   let supported = false;
   for (const r of rules) {
@@ -62,7 +62,7 @@ export async function render(main) {
       items.push(...(Array.isArray(res) ? res : res.items || []));
     } catch (err) { /* not supported */ }
   }
-  clear(dead).append(h('h2', 'Dead letters'), !supported
+  append(clear(dead), h('h2', 'Dead letters'), !supported
     ? h('p.muted', 'This server does not list dead letters.')
     : table([
       { label: 'Failed', cell: (d) => fmtTime(d.deadAt || d.dead_at || d.createdAt), class: 'nowrap' },

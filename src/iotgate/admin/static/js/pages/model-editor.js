@@ -2,7 +2,7 @@
 // validation messages next to each field, saving to the draft and publishing with a diff.
 import { enc, get, post, put, qs } from '../api.js';
 import {
-  badge, clear, clearErrors, confirmDialog, field, h, modal, nextId, radios, select, setError, table, toast,
+  append, badge, clear, clearErrors, confirmDialog, field, h, modal, nextId, radios, select, setError, table, toast,
 } from '../ui.js';
 import { diffList } from './products.js';
 
@@ -74,7 +74,7 @@ export function typeEditor(dt, allowed = ALL_TYPES, prefix = nextId('dt')) {
     const t = typeSel.value;
     const start = t === original.type ? original : { type: t, specs: t === 'struct' ? [] : t === 'array' ? { size: 10, item: { type: 'int32', specs: {} } } : {} };
     specs = specsEditor(t, start.specs, prefix);
-    clear(specsBox).append(specs.el);
+    append(clear(specsBox), specs.el);
   };
   typeSel.addEventListener('change', build);
   build();
@@ -342,16 +342,16 @@ export async function modelEditor(panel, product) {
       versions = (await get(base + '/versions')).items;
     } catch (err) { /* shown below */ }
     if (!versions.length) {
-      status.append(badge('Not published', 'warn'), h('span.muted', 'Devices are refused until the model is published.'));
+      append(status, badge('Not published', 'warn'), h('span.muted', 'Devices are refused until the model is published.'));
       return;
     }
     const latest = versions[versions.length - 1].version;
     try {
       const d = await get(base + '/diff' + qs({ from: 'latest', to: 'draft' }));
-      if (d.changes.length) status.append(badge(`${d.changes.length} unpublished change${d.changes.length > 1 ? 's' : ''}`, 'warn'), h('span.muted', `Published version ${latest} is in force.`));
-      else status.append(badge(`Published · version ${latest}`, 'ok'), h('span.muted', 'The draft matches the published model.'));
+      if (d.changes.length) append(status, badge(`${d.changes.length} unpublished change${d.changes.length > 1 ? 's' : ''}`, 'warn'), h('span.muted', `Published version ${latest} is in force.`));
+      else append(status, badge(`Published · version ${latest}`, 'ok'), h('span.muted', 'The draft matches the published model.'));
     } catch (err) {
-      status.append(h('span.reason', err.message));
+      append(status, h('span.reason', err.message));
     }
   };
 
@@ -416,7 +416,7 @@ export async function modelEditor(panel, product) {
 
   const render = () => {
     if (moduleId !== 'default' && !model.modules.find((m) => m.identifier === moduleId)) moduleId = 'default';
-    clear(moduleTabs).append(
+    append(clear(moduleTabs), 
       [{ identifier: 'default', name: 'Default module' }, ...model.modules].map((m) => h('button', {
         type: 'button', 'aria-pressed': String(m.identifier === moduleId),
         onclick: () => { moduleId = m.identifier; render(); },
@@ -436,7 +436,7 @@ export async function modelEditor(panel, product) {
         const err = await save(next);
         if (err) toast(err, 'error');
       } }, 'Delete module'));
-    clear(list).append(
+    append(clear(list), 
       moduleActions,
       table([
         { label: 'Kind', cell: (r) => badge(KIND_LABEL[r.kind], r.kind === 'property' ? 'info' : r.kind === 'event' ? 'warn' : '') },
@@ -449,7 +449,7 @@ export async function modelEditor(panel, product) {
       ], rows, 'No features in this module yet. Add a property, event or service.'));
   };
 
-  panel.append(h('section.panel',
+  append(panel, h('section.panel',
     h('div.model-toolbar',
       h('div.grow', status),
       h('button', { type: 'button', id: 'add-property', onclick: () => editFeature('property') }, 'Add property'),

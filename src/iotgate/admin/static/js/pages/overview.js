@@ -1,7 +1,7 @@
 // Overview: devices total/online, messages/s and rejected/s now and over the last hour (polled).
 import { get } from '../api.js';
 import { lineChart } from '../chart.js';
-import { clear, fmtNumber, fmtTime, h, pageHead } from '../ui.js';
+import { append, clear, fmtNumber, fmtTime, h, pageHead } from '../ui.js';
 
 const POLL_MS = 5000;
 
@@ -14,7 +14,7 @@ export async function render(main) {
   const cards = h('div.cards', { 'aria-live': 'polite' });
   const chartBox = h('div');
   const totals = h('p.muted.small');
-  main.append(
+  append(main, 
     pageHead('Overview', { sub: 'This server at a glance. Rates count reports committed by this node since it started.' }),
     cards,
     h('section.panel', { 'aria-labelledby': 'rate-title' },
@@ -27,7 +27,7 @@ export async function render(main) {
   const refresh = async () => {
     try {
       const s = await get('/api/v1/stats/overview');
-      clear(cards).append(
+      append(clear(cards), 
         card('Products', fmtNumber(s.products), h('a', { href: '#/products' }, 'Manage products'), { id: 'card-products' }),
         card('Devices', fmtNumber(s.devices.total), h('a', { href: '#/devices' }, 'All devices'), { id: 'card-devices' }),
         card('Online', fmtNumber(s.devices.online), 'reported in the last 10 min', { id: 'card-online' }),
@@ -36,7 +36,7 @@ export async function render(main) {
           { id: 'card-rejected', warn: s.rate.rejectedPerSecond > 0 }));
       const step = s.lastHour.bucketSeconds * 1000;
       const pts = (arr) => arr.map((v, i) => [s.lastHour.start + i * step, v]);
-      clear(chartBox).append(lineChart({
+      append(clear(chartBox), lineChart({
         series: [{ name: 'messages/s', points: pts(s.lastHour.messages) }, { name: 'rejected/s', points: pts(s.lastHour.rejected) }],
         from: s.lastHour.start,
         to: s.lastHour.start + s.lastHour.messages.length * step,
@@ -47,7 +47,7 @@ export async function render(main) {
       totals.textContent = `Since ${fmtTime(s.totals.since)}: ${fmtNumber(s.totals.messages)} messages committed, ${fmtNumber(s.totals.rejected)} rejected.`;
     } catch (err) {
       if (err.status === 401) return;
-      clear(chartBox).append(h('div.form-error', err.message));
+      append(clear(chartBox), h('div.form-error', err.message));
     }
     if (!stopped) timer = setTimeout(refresh, POLL_MS);
   };

@@ -1,7 +1,7 @@
 // Products: list, create (the Alibaba console's form), and a product's page with its thing model.
 import { del, enc, get, invalidateProducts, patch, post, qs, request } from '../api.js';
 import {
-  badge, clear, clearErrors, confirmDialog, copyButton, download, errorPanel, field, fmtTime, h, modal, pageHead,
+  append, badge, clear, clearErrors, confirmDialog, copyButton, download, errorPanel, field, fmtTime, h, modal, pageHead,
   pager, radios, select, setError, showApiError, table, tabs, toast,
 } from '../ui.js';
 import { modelEditor } from './model-editor.js';
@@ -61,15 +61,15 @@ export function createProductDialog(onCreated) {
 export async function renderList(main, _params, query) {
   const offset = Math.max(0, parseInt(query.get('offset') || '0', 10) || 0);
   const body = h('div.panel');
-  main.append(pageHead('Products', {
+  append(main, pageHead('Products', {
     sub: 'A product defines the thing model (properties, events, services) its devices report against.',
     actions: [h('button.btn-primary', { type: 'button', id: 'create-product', onclick: () => createProductDialog((p) => { location.hash = `#/products/${enc(p.productKey)}?tab=model`; }) }, 'Create product')],
   }), body);
   const load = async () => {
-    clear(body).append(h('p.muted', 'Loading…'));
+    append(clear(body), h('p.muted', 'Loading…'));
     try {
       const page = await get('/api/v1/products' + qs({ offset, limit: PAGE }));
-      clear(body).append(
+      append(clear(body), 
         table([
           { label: 'Name', cell: (p) => h('a', { href: `#/products/${enc(p.productKey)}` }, p.name) },
           { label: 'ProductKey', cell: (p) => h('code', p.productKey) },
@@ -82,7 +82,7 @@ export async function renderList(main, _params, query) {
         ], page.items, 'No products yet. Create one to define its thing model and add devices.'),
         page.total > PAGE ? pager(offset, PAGE, page.total, (o) => { location.hash = `#/products?offset=${o}`; }) : null);
     } catch (err) {
-      clear(body).append(errorPanel(err, load));
+      append(clear(body), errorPanel(err, load));
     }
   };
   await load();
@@ -93,11 +93,11 @@ export async function renderProduct(main, [pk], query) {
   try {
     product = await get(`/api/v1/products/${enc(pk)}`);
   } catch (err) {
-    main.append(pageHead('Product', { crumbs: [{ label: 'Products', href: '#/products' }] }), errorPanel(err));
+    append(main, pageHead('Product', { crumbs: [{ label: 'Products', href: '#/products' }] }), errorPanel(err));
     return;
   }
   const head = h('div');
-  const renderHead = () => clear(head).append(pageHead(product.name, {
+  const renderHead = () => append(clear(head), pageHead(product.name, {
     crumbs: [{ label: 'Products', href: '#/products' }, { label: product.name }],
     sub: h('span.row', h('span', 'ProductKey ', h('code', { id: 'product-key' }, product.productKey)),
       copyButton(product.productKey, 'Copy', 'ProductKey'),
@@ -123,7 +123,7 @@ export async function renderProduct(main, [pk], query) {
     else if (id === 'io') ioTab(panel, pk);
     else settingsTab(panel, product, (p) => { product = { ...product, ...p }; renderHead(); });
   });
-  main.append(head, t.el, panel);
+  append(main, head, t.el, panel);
   t.select(query.get('tab') || 'model');
   return () => { if (cleanupTab) cleanupTab(); };
 }
@@ -136,16 +136,16 @@ export function diffList(changes) {
 
 async function versionsTab(panel, pk) {
   const out = h('div');
-  panel.append(out);
+  append(panel, out);
   let versions;
   try {
     versions = (await get(`/api/v1/products/${enc(pk)}/thing-model/versions`)).items;
   } catch (err) {
-    out.append(errorPanel(err));
+    append(out, errorPanel(err));
     return;
   }
   if (!versions.length) {
-    out.append(h('div.panel', h('p.muted', 'The thing model has not been published yet. Devices can report once it is: open “Thing model” and publish.')));
+    append(out, h('div.panel', h('p.muted', 'The thing model has not been published yet. Devices can report once it is: open “Thing model” and publish.')));
     return;
   }
   const opts = [{ value: 'draft', label: 'Draft (unpublished)' }, ...[...versions].reverse().map((v) => ({ value: String(v.version), label: `Version ${v.version}` }))];
@@ -153,12 +153,12 @@ async function versionsTab(panel, pk) {
   const to = select(opts, versions.length > 1 ? String(versions[versions.length - 1].version) : 'draft', { name: 'to' });
   const result = h('div');
   const compare = async () => {
-    clear(result).append(h('p.muted', 'Comparing…'));
+    append(clear(result), h('p.muted', 'Comparing…'));
     try {
       const d = await get(`/api/v1/products/${enc(pk)}/thing-model/diff` + qs({ from: from.value, to: to.value }));
-      clear(result).append(h('h3', `Changes from ${from.selectedOptions[0].textContent} to ${to.selectedOptions[0].textContent}`), diffList(d.changes));
+      append(clear(result), h('h3', `Changes from ${from.selectedOptions[0].textContent} to ${to.selectedOptions[0].textContent}`), diffList(d.changes));
     } catch (err) {
-      clear(result).append(h('div.form-error', err.message));
+      append(clear(result), h('div.form-error', err.message));
     }
   };
   const view = async (v) => {
@@ -169,7 +169,7 @@ async function versionsTab(panel, pk) {
       toast(err.message, 'error');
     }
   };
-  out.append(
+  append(out, 
     h('section.panel', h('h2', 'Published versions'),
       table([
         { label: 'Version', cell: (v) => `Version ${v.version}` },
@@ -227,14 +227,14 @@ function ioTab(panel, pk) {
     try {
       const model = await request('PUT', `/api/v1/products/${enc(pk)}/thing-model` + qs({ format: fmt.value }), { body: text, headers: { 'Content-Type': 'application/json' } });
       const n = (k) => (model[k] || []).length + (model.modules || []).reduce((a, m) => a + (m[k] || []).length, 0);
-      result.append(h('div.callout.info', `Imported ${n('properties')} properties, ${n('events')} events and ${n('services')} services into the draft. `,
+      append(result, h('div.callout.info', `Imported ${n('properties')} properties, ${n('events')} events and ${n('services')} services into the draft. `,
         h('a', { href: `#/products/${enc(pk)}?tab=model` }, 'Review and publish it in the editor.')));
       toast('Model imported into the draft');
     } catch (err) {
       setError(file, err.message);
     }
   });
-  panel.append(
+  append(panel, 
     h('section.panel', h('h2', 'Export'),
       h('p.muted', 'Download the thing model to load it into Alibaba Cloud IoT, Huawei IoTDA or another iotgate.'),
       exportError,
@@ -272,7 +272,7 @@ function settingsTab(panel, product, onSaved) {
     }
   });
   const delError = h('div.form-error', { role: 'alert' });
-  panel.append(h('section.panel', h('h2', 'Settings'), form),
+  append(panel, h('section.panel', h('h2', 'Settings'), form),
     h('section.panel', h('h2', 'Delete product'),
       h('p.muted', 'Only a product without devices can be deleted.'), delError,
       h('button.btn-danger', {

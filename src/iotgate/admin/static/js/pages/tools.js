@@ -1,7 +1,7 @@
 // Connection info (device endpoints of both dialects, the listener's certificate) and the signing tool.
 import { allProducts, connectionInfo, post } from '../api.js';
 import {
-  clear, clearErrors, copyButton, errorPanel, field, fmtTime, h, pageHead, select, showApiError, table,
+  append, clear, clearErrors, copyButton, errorPanel, field, fmtTime, h, pageHead, select, showApiError, table,
 } from '../ui.js';
 
 function endpointRows(list) {
@@ -12,15 +12,15 @@ function endpointRows(list) {
 }
 
 export async function render(main, _params, query) {
-  main.append(pageHead('Connection & tools', { sub: 'Where devices connect, the certificate they trust, and how they sign in.' }));
+  append(main, pageHead('Connection & tools', { sub: 'Where devices connect, the certificate they trust, and how they sign in.' }));
   let info;
   try {
     info = await connectionInfo();
   } catch (err) {
-    main.append(errorPanel(err));
+    append(main, errorPanel(err));
     return;
   }
-  main.append(
+  append(main, 
     h('section.panel', { id: 'endpoints' },
       h('h2', 'Device endpoints'),
       h('p.muted', 'Both dialects share one listener at ', h('code', info.baseUrl), info.tls ? ` (TLS, profile “${info.tlsProfile}”).` : ' (plain HTTP — testing only).'),
@@ -94,7 +94,7 @@ async function signingTool(query) {
       const r = await post('/api/v1/tools/sign', body);
       const alink = JSON.stringify(r.alink.body, null, 2);
       const iotda = JSON.stringify(r.iotda.body, null, 2);
-      out.append(
+      append(out, 
         h('h3', 'Alibaba: ', h('code', `POST ${r.alink.url}`)),
         h('div.snippet', h('pre', { id: 'sign-alink' }, h('code', alink)), copyButton(alink, 'Copy', 'Alibaba auth body')),
         h('p.muted.small', 'Signed string: ', h('code', r.alink.signContent)),
