@@ -14,15 +14,17 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from conftest import ServerProcess
+from conftest import SEED_MODEL, Admin, ServerProcess
 from iotgate.auth.signing import alink_auth_body
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is a test extra: pip install -e '.[test]'")
@@ -282,7 +284,6 @@ def test_seed_flow_in_the_console(page: Any, server: ServerProcess, tmp_path: Pa
     shot(page, "12-connection-and-tools", full=True)
     page.click("a[href='#/forwarding']")
     page.wait_for_selector("main h2")
-    shot(page, "13-forwarding")
     page.click("a[href='#/products']")
     page.wait_for_selector(f"a[href='#/products/{pk}']")
     shot(page, "14-products")
@@ -350,3 +351,188 @@ def test_sign_out_ends_the_session(page: Any, server: ServerProcess) -> None:
     page.wait_for_selector("#admin-key")
     stale = httpx.get(server.admin_url + "/api/v1/products", headers={"Cookie": f"iotgate_console={cookie['value']}"})
     assert stale.status_code == 401
+
+
+def test_thing_model_editor_events_services_modules_and_import(page: Any, server: ServerProcess) -> None:
+    with server.admin() as c:
+        pk = c.post("/api/v1/products", json={"name": "editor"}).json()["productKey"]
+    sign_in(page, server)
+    page.goto(server.admin_url + f"/console/#/products/{pk}?tab=model")
+    page.wait_for_selector("#model-status")
+
+    # an alert event with an enum output parameter; a duplicate enum value is refused in place
+    page.click("#add-event")
+    page.fill("#feature-name", "Overheat")
+    page.fill("#feature-identifier", "overheat")
+    page.get_by_label("Alert").check()
+    page.get_by_role("button", name="Add output parameter").click()
+    row = page.locator("dialog .param-row").first
+    row.locator("input[name=param-name]").fill("Level")
+    row.locator("input[name=param-identifier]").fill("level")
+    row.locator("select[name=type]").select_option("enum")
+    row.locator("input[name=enum-label]").first.fill("low")
+    row.get_by_role("button", name="Add value").click()
+    row.locator("input[name=enum-value]").nth(1).fill("0")
+    row.locator("input[name=enum-label]").nth(1).fill("high")
+    page.click("dialog button[type=submit]")
+    assert "listed twice" in row.inner_text()
+    row.locator("input[name=enum-value]").nth(1).fill("1")
+    shot(page, "04-feature-dialog")
+    page.click("dialog button[type=submit]")
+    page.wait_for_selector("dialog", state="detached")
+
+    # a synchronous service whose input is a struct of two members
+    page.click("#add-service")
+    page.fill("#feature-name", "Set target")
+    page.fill("#feature-identifier", "setTarget")
+    page.get_by_label("Synchronous", exact=True).check()
+    page.get_by_role("button", name="Add input parameter").click()
+    param = page.locator("dialog .param-row").first
+    param.locator("input[name=param-name]").first.fill("Target")
+    param.locator("input[name=param-identifier]").first.fill("target")
+    param.locator("select[name=type]").first.select_option("struct")
+    for ident, kind in (("value", "int32"), ("note", "text")):
+        param.get_by_role("button", name="Add member").click()
+        member = param.locator(".param-row").last
+        member.locator("input[name=param-name]").fill(ident.title())
+        member.locator("input[name=param-identifier]").fill(ident)
+        member.locator("select[name=type]").select_option(kind)
+    page.click("dialog button[type=submit]")
+    page.wait_for_selector("dialog", state="detached")
+
+    # an array property, then edited; a module with its own property
+    page.click("#add-property")
+    page.fill("#feature-name", "Samples")
+    page.fill("#feature-identifier", "samples")
+    page.select_option("#dt-type", "array")
+    page.fill("#dt-size", "10")
+    page.select_option("#dt-item-type", "double")
+    page.click("dialog button[type=submit]")
+    page.wait_for_selector("dialog", state="detached")
+    page.get_by_role("button", name="Edit samples").click()
+    page.fill("#dt-size", "600")
+    page.click("dialog button[type=submit]")
+    assert "1 to 512" in page.inner_text("#dt-size-error")
+    page.fill("#dt-size", "20")
+    page.click("dialog button[type=submit]")
+    page.wait_for_selector("dialog", state="detached")
+    page.click("#add-module")
+    page.fill("#module-name", "Battery")
+    page.fill("#module-identifier", "battery")
+    page.click("dialog button[type=submit]")
+    page.wait_for_selector("button[aria-pressed=true]:has-text('Battery')")
+    add_number_property(page, "Charge", "charge", "0", "100", "%")
+    page.get_by_role("button", name="Default module").click()
+    page.get_by_role("button", name="Delete overheat").click()
+    page.click("dialog button[type=submit]")
+    page.wait_for_selector("text=Event overheat deleted")
+
+    with server.admin() as c:
+        draft = c.get(f"/api/v1/products/{pk}/thing-model").json()
+    assert draft["events"] == []
+    [service] = draft["services"]
+    assert service["callType"] == "sync"
+    members = service["inputData"][0]["dataType"]
+    assert members["type"] == "struct" and [m["identifier"] for m in members["specs"]] == ["value", "note"]
+    [samples] = draft["properties"]
+    assert samples["dataType"] == {"type": "array", "specs": {"size": 20, "item": {"type": "double", "specs": {}}}}
+    [battery] = draft["modules"]
+    assert battery["identifier"] == "battery" and battery["properties"][0]["dataType"]["specs"]["max"] == 100
+
+    # import: a broken file is refused with the server's reason under the field; a vendor file replaces the draft
+    page.click("#tab-io")
+    page.set_input_files(
+        "#import-file",
+        files=[{"name": "bad.json", "mimeType": "application/json", "buffer": b'{"properties": [{"identifier": 5}]}'}],
+    )
+    page.click("#import-submit")
+    page.wait_for_selector("#import-file[aria-invalid=true]")
+    assert "properties[0]" in page.inner_text("#import-file-error")
+    fixture = Path(__file__).parent / "fixtures" / "models" / "alibaba_th_collector.json"
+    page.set_input_files("#import-file", str(fixture))
+    page.click("#import-submit")
+    page.wait_for_selector("text=Imported 2 properties")
+    page.click("#tab-model")
+    page.wait_for_selector("code:has-text('humidity')")
+    with server.admin() as c:
+        draft = c.get(f"/api/v1/products/{pk}/thing-model").json()
+    assert [p["identifier"] for p in draft["properties"]] == ["temperature", "humidity"]
+    assert draft["modules"] == []
+
+
+class Receiver(BaseHTTPRequestHandler):
+    """A webhook endpoint: /ok takes every message, /fail refuses it."""
+
+    received: list[bytes] = []  # noqa: RUF012 - shared by the handler instances of one test
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path == "/ok":
+            Receiver.received.append(body)
+        self.send_response(200 if self.path == "/ok" else 500)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_forwarding_page_shows_counters_and_dead_letters(page: Any, tmp_path: Path) -> None:
+    srv = ServerProcess(
+        tmp_path / "fwd",
+        "--forward-dead-letter-after-s",
+        "0.3",
+        "--forward-retry-initial-s",
+        "0.1",
+        "--forward-retry-max-s",
+        "0.2",
+    ).start()
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{hook.server_address[1]}"
+    try:
+        with srv.admin() as c:
+            admin = Admin(c)
+            if c.get("/api/v1/rules").status_code == 404:  # a build without forwarding: the page says so
+                sign_in(page, srv)
+                page.click("a[href='#/forwarding']")
+                page.wait_for_selector("#forwarding-unavailable")
+                return
+            pk = admin.product(SEED_MODEL)
+            dev = admin.device(pk, "fwd-01")
+            rule = c.post(
+                "/api/v1/rules",
+                json={
+                    "name": "to-webhooks",
+                    "source": "property",
+                    "productKey": pk,
+                    "where": "temperature > 0",
+                    "targets": [{"type": "webhook", "url": f"{base}/ok"}, {"type": "webhook", "url": f"{base}/fail"}],
+                },
+            )
+            assert rule.status_code == 201, rule.text
+            device = Device(srv, pk, "fwd-01", dev["deviceSecret"])
+            for t in (21, 22):
+                assert device.report({"temperature": t, "humidity": 40})["code"] == 0
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                [good, bad] = c.get("/api/v1/rules").json()["items"][0]["targets"]
+                if (good["stats"] or {}).get("delivered") == 2 and (bad["stats"] or {}).get("deadLettered") == 2:
+                    break
+                time.sleep(0.2)
+            assert good["stats"]["delivered"] == 2 and bad["stats"]["deadLettered"] == 2, (good, bad)
+        assert len(Receiver.received) == 2
+
+        sign_in(page, srv)
+        page.click("a[href='#/forwarding']")
+        page.wait_for_selector("text=to-webhooks")
+        targets = page.locator(".target")
+        assert targets.nth(0).locator("[data-counter=delivered] strong").inner_text() == "2"
+        assert targets.nth(1).locator("[data-counter=deadLettered] strong").inner_text() == "2"
+        dead_rows = page.locator("section:has(h2:text('Dead letters')) tbody tr")
+        dead_rows.first.wait_for()
+        assert dead_rows.count() == 2 and "fwd-01" in dead_rows.nth(0).inner_text()
+        shot(page, "13-forwarding")
+    finally:
+        hook.shutdown()
+        srv.stop()

@@ -60,6 +60,7 @@ export function field(label, input, { hint, required, id } = {}) {
   input.setAttribute('aria-describedby', describedBy.join(' '));
   if (required) input.setAttribute('aria-required', 'true');
   input._error = error;
+  input.addEventListener('input', () => { if (input.getAttribute('aria-invalid')) setError(input, ''); });
   const wrap = h('div.field', h('label', { for: input.id }, label, required ? h('span.req', { 'aria-hidden': 'true' }, '*') : null), input, hintEl, error);
   wrap.input = input;
   return wrap;

@@ -1,21 +1,33 @@
-// Forwarding: data-forwarding rules with their counters and dead letters, when the server has them.
-import { enc, get, qs } from '../api.js';
-import { append, badge, clear, errorPanel, fmtNumber, fmtTime, h, pageHead, table } from '../ui.js';
+// Forwarding: rules with their targets' counters and dead letters (when the server has the rules API).
+import { enc, get, post, qs } from '../api.js';
+import { append, badge, clear, confirmDialog, errorPanel, fmtNumber, fmtTime, h, pageHead, table, toast } from '../ui.js';
 
-const COUNTER_ORDER = ['matched', 'filtered', 'filteredOut', 'delivered', 'redelivered', 'retries', 'replayed', 'outbox', 'inflight', 'inFlight', 'queued', 'dead', 'deadLettered'];
+const COUNTERS = [
+  ['matched', 'matched'], ['filteredOut', 'filtered out'], ['delivered', 'delivered'], ['queued', 'queued'],
+  ['inFlight', 'in flight'], ['retries', 'retries'], ['redelivered', 'redelivered'], ['replayed', 'replayed'],
+  ['deadLettered', 'dead letters'],
+];
 
-function counters(obj) {
-  const stats = obj.stats || obj.counters || obj;
-  const keys = Object.keys(stats).filter((k) => typeof stats[k] === 'number' && !/(^id$|Id$|At$|_at$)/.test(k));
-  keys.sort((a, b) => (COUNTER_ORDER.indexOf(a) + 1 || 99) - (COUNTER_ORDER.indexOf(b) + 1 || 99));
-  return h('div.row.small', keys.map((k) => h('span', h('span.muted', k + ' '), h('strong', fmtNumber(stats[k])))));
+function counters(stats) {
+  if (!stats) return h('div.muted.small', 'no traffic yet');
+  return h('div.row.small', COUNTERS.filter(([k]) => typeof stats[k] === 'number')
+    .map(([k, label]) => h('span', { dataset: { counter: k } }, h('span.muted', label + ' '), h('strong', fmtNumber(stats[k])))));
 }
 
 function targetLine(t) {
-  const kind = t.type || t.kind || t.sink || 'target';
   const where = t.url || t.topic || t.subject || t.queue || t.exchange || t.table || t.name || '';
-  const err = (t.stats || t).lastError || t.last_error;
-  return h('div', h('div', badge(kind, 'info'), ' ', h('code', String(where))), counters(t), err ? h('div.reason.small', `last error: ${err}`) : null);
+  const s = t.stats;
+  return h('div.target', { dataset: { target: t.id } },
+    h('div', badge(t.type || 'target', 'info'), ' ', h('code', String(where)), s?.failing ? [' ', badge('failing', 'danger')] : null),
+    counters(s),
+    s?.lastError ? h('div.reason.small', `last error ${fmtTime(s.lastErrorAt)}: ${s.lastError}`) : null,
+    s?.lastDeliveredAt ? h('div.muted.small', `last delivery ${fmtTime(s.lastDeliveredAt)}`) : null);
+}
+
+function unavailable(body, message) {
+  append(body, h('div.panel', { id: 'forwarding-unavailable' },
+    h('h2', 'Forwarding is not available on this server'),
+    h('p.muted', message)));
 }
 
 export async function render(main) {
@@ -24,52 +36,57 @@ export async function render(main) {
   append(main, body);
   let rules;
   try {
-    const res = await get('/api/v1/rules');
-    rules = Array.isArray(res) ? res : res.items || res.rules || [];
+    rules = (await get('/api/v1/rules')).items || [];
   } catch (err) {
     if (err.status === 404 || err.status === 405) {
-      append(body, h('div.panel', { id: 'forwarding-unavailable' },
-        h('h2', 'Forwarding is not available on this server'),
-        h('p.muted', 'This iotgate build has no rules API (/api/v1/rules). Devices still report and their data is stored; forwarding arrives with a later version.')));
-      return;
+      unavailable(body, 'This iotgate build has no rules API (/api/v1/rules). Devices still report and their data is stored.');
+    } else if (err.status === 503) {
+      unavailable(body, `${err.message}. Devices still report and their data is stored.`);
+    } else {
+      append(body, errorPanel(err));
     }
-    append(body, errorPanel(err));
     return;
   }
+  const deadOf = (r) => (r.targets || []).reduce((n, t) => n + (t.stats?.deadLettered || 0), 0);
+  const replay = async (r) => {
+    if (!await confirmDialog({ title: 'Replay dead letters', message: `Send the ${deadOf(r)} dead letter(s) of rule “${r.name}” to their targets again?`, confirmLabel: 'Replay' })) return;
+    try {
+      const res = await post(`/api/v1/rules/${enc(r.id)}/dead-letters:replay`);
+      toast(`${res.replayed} message(s) queued again`);
+      clear(main);
+      await render(main);
+    } catch (err) {
+      toast(err.message, 'error');
+    }
+  };
   append(body, h('section.panel', h('h2', 'Rules'),
     table([
-      { label: 'Rule', cell: (r) => h('div', h('strong', r.name || `rule ${r.id}`), r.description ? h('div.muted.small', r.description) : null) },
+      { label: 'Rule', cell: (r) => h('div', h('strong', r.name || `rule ${r.id}`), h('div.muted.small', `#${r.id} · format ${r.format || 'iotgate'}`)) },
       { label: 'State', cell: (r) => (r.enabled === false ? badge('Disabled', 'danger') : badge('Enabled', 'ok')) },
-      { label: 'Selects', cell: (r) => h('code.small', [r.source || r.sources, r.productKey, r.where].filter(Boolean).map((x) => (typeof x === 'string' ? x : JSON.stringify(x))).join(' · ') || 'all') },
-      { label: 'Targets and counters', cell: (r) => (r.targets || []).length ? (r.targets || []).map(targetLine) : counters(r) },
-    ], rules, 'No forwarding rules yet. Create them with the API or the CLI (iotgate rule …).')));
+      { label: 'Selects', cell: (r) => h('div', h('div', r.source || 'all sources', r.productKey ? [' of ', h('code', r.productKey)] : ' of all products'), r.where ? h('code.small', `WHERE ${r.where}`) : null) },
+      { label: 'Targets and counters', cell: (r) => (r.targets || []).map(targetLine) },
+      { label: '', class: 'actions', cell: (r) => (deadOf(r) ? h('button.btn-small', { type: 'button', onclick: () => replay(r) }, 'Replay dead letters') : null) },
+    ], rules, 'No forwarding rules yet. Create them with the API or the CLI (iotgate rule create …).')));
 
   const dead = h('section.panel', h('h2', 'Dead letters'), h('p.muted', 'Loading…'));
   append(body, dead);
   const items = [];
-  let supported = false;
-  for (const r of rules) {
+  for (const r of rules.filter((x) => deadOf(x) > 0)) {
     try {
       const res = await get(`/api/v1/rules/${enc(r.id)}/dead-letters` + qs({ limit: 50 }));
-      supported = true;
-      for (const d of Array.isArray(res) ? res : res.items || []) items.push({ ...d, rule: r.name || r.id });
-    } catch (err) { /* not supported */ }
+      for (const d of res.items || []) items.push({ ...d, rule: r.name || `#${r.id}` });
+    } catch (err) {
+      items.push({ rule: r.name, lastError: err.message });
+    }
   }
-  if (!rules.length || !supported) {
-    try {
-      const res = await get('/api/v1/dead-letters' + qs({ limit: 50 }));
-      supported = true;
-      items.push(...(Array.isArray(res) ? res : res.items || []));
-    } catch (err) { /* not supported */ }
-  }
-  append(clear(dead), h('h2', 'Dead letters'), !supported
-    ? h('p.muted', 'This server does not list dead letters.')
-    : table([
-      { label: 'Failed', cell: (d) => fmtTime(d.deadAt || d.dead_at || d.createdAt), class: 'nowrap' },
-      { label: 'Rule', cell: (d) => String(d.rule ?? d.ruleId ?? d.targetId ?? '') },
-      { label: 'Device', cell: (d) => `${d.productKey || d.product_key || ''}/${d.deviceName || d.device_name || ''}` },
-      { label: 'Source', cell: (d) => d.source || d.identifier || '' },
+  items.sort((a, b) => (b.deadAt || 0) - (a.deadAt || 0));
+  append(clear(dead), h('h2', 'Dead letters'), h('p.muted.small', 'Messages a target refused or could not take in time; the 50 newest per rule.'),
+    table([
+      { label: 'Failed', cell: (d) => fmtTime(d.deadAt), class: 'nowrap' },
+      { label: 'Rule', cell: (d) => String(d.rule) },
+      { label: 'Device', cell: (d) => (d.productKey ? `${d.productKey}/${d.deviceName}` : '') },
+      { label: 'Source', cell: (d) => [d.source, d.identifier && d.identifier !== d.source ? ` ${d.identifier}` : ''].join('') },
       { label: 'Tries', cell: (d) => String(d.tries ?? '') },
-      { label: 'Last error', cell: (d) => h('span.reason', d.lastError || d.last_error || '') },
+      { label: 'Last error', cell: (d) => (d.lastError ? h('span.reason', d.lastError) : h('span.muted', d.tries === 0 ? 'not attempted (expired while waiting)' : '—')) },
     ], items, 'No dead letters: every message reached its targets.'));
 }

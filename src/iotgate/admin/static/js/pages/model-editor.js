@@ -193,7 +193,7 @@ function paramList(params, allowed, what, legend) {
     const te = typeEditor(p?.dataType, allowed);
     const row = h('div.param-row',
       h('div.param-head', field(`${what} name`, name, { required: true }), field('Identifier', ident, { required: true }),
-        h('div.field', h('button.btn-small', { type: 'button', 'aria-label': `Remove this ${what.toLowerCase()}`, onclick: () => row.remove() }, 'Remove'))),
+        h('div.field.remove', h('button.btn-small', { type: 'button', 'aria-label': `Remove this ${what.toLowerCase()}`, onclick: () => row.remove() }, 'Remove'))),
       te.el);
     row.collect = (errors) => {
       if (!name.value.trim()) errors.push([name, 'Enter a name.']);
