@@ -56,3 +56,23 @@ def steal_ticks() -> tuple[int, int]:
     values = [int(v) for v in parts]
     steal = values[7] if len(values) > 7 else 0
     return steal, sum(values[:8])
+
+
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (threads of the same name are summed), from /proc/<pid>/task."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            raw = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(tid) == pid:
+            name = "main"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out

@@ -43,6 +43,7 @@ class Ingestor:
         self.max_reports = max_reports
         self.max_delay = max_delay_ms / 1000
         self._pending: list[tuple[Record, asyncio.Future[None]]] = []
+        self._first_at = 0.0  # loop time the oldest pending report arrived
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -58,7 +59,10 @@ class Ingestor:
     def submit(self, record: Record) -> asyncio.Future[None]:
         if self._closing:
             raise ShuttingDown("server is shutting down")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not self._pending:
+            self._first_at = loop.time()
         self._pending.append((record, fut))
         self._wake.set()
         if len(self._pending) >= self.max_reports:
@@ -83,12 +87,17 @@ class Ingestor:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            if self.max_delay > 0 and len(self._pending) < self.max_reports and not self._closing:
+            # a report waits at most max_delay for batch-mates, counted from its arrival: under load
+            # the handlers of one loop pass have already queued theirs, and waiting more only adds latency
+            wait = self.max_delay - (asyncio.get_running_loop().time() - self._first_at)
+            if wait > 0 and len(self._pending) < self.max_reports and not self._closing:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._full.wait(), self.max_delay)
+                    await asyncio.wait_for(self._full.wait(), wait)
             batch = self._pending[: self.max_reports]
             del self._pending[: self.max_reports]
+            if self._pending:
+                self._first_at = asyncio.get_running_loop().time()
             await self._commit(batch)
 
     async def _commit(self, batch: list[tuple[Record, asyncio.Future[None]]]) -> None:

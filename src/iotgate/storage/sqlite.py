@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import threading
 import time
@@ -35,6 +36,9 @@ from iotgate.storage.base import (
 from iotgate.storage.migrations import MIGRATIONS, render
 
 T = TypeVar("T")
+log = logging.getLogger("iotgate.storage")
+CHECKPOINT_S = 1.0  # how often latest values and last-seen times are written out
+CHECKPOINT_ROWS = 1000  # rows per checkpoint transaction, so that ingest batches wait for one small step at most
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
@@ -62,6 +66,19 @@ class SqliteStorage(ForwardSqlite, Storage):
         self._writer: sqlite3.Connection | None = None
         self._all_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        # Latest values and last-seen times change with every report. Instead of an upsert per
+        # property per commit they live here (touched by the writer thread only) and reach the
+        # `latest`/`device_seen` tables at most once a second (`_checkpoint`). An acknowledged
+        # report is durable in `history`/`messages`; `open()` replays rows after the checkpoint.
+        self._dirty_latest: dict[int, dict[str, tuple[Any, int, int]]] = {}  # device -> id -> (value, ts, msg)
+        self._dirty_seen: dict[int, int] = {}
+        self._flushing_latest: dict[int, dict[str, tuple[Any, int, int]]] = {}  # being written by _checkpoint
+        self._flushing_seen: dict[int, int] = {}
+        self._checkpoint_at = 0.0
+        self._checkpoint_rows: list[tuple] = []  # latest rows of the snapshot still to write
+        # newest history/messages message IDs the snapshot covers (IDs grow with time and are never
+        # reused, unlike rowids, which SQLite hands out again after the newest rows are deleted)
+        self._checkpoint_marks: tuple[int, int] = (0, 0)
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -109,6 +126,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         def setup() -> None:
             self._writer = self._connect()
             self._migrate(self._writer)
+            self._recover(self._writer)
 
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, setup)
 
@@ -135,6 +153,9 @@ class SqliteStorage(ForwardSqlite, Storage):
                 self._all_conns.clear()
 
         self._reader_pool.shutdown(wait=True)
+        if self._writer is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._write(self._checkpoint)
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, close_all)
         self._writer_pool.shutdown(wait=True)
 
@@ -440,6 +461,9 @@ class SqliteStorage(ForwardSqlite, Storage):
         def run(c: sqlite3.Connection) -> bool:
             if c.execute("DELETE FROM devices WHERE id=?", (device_id,)).rowcount == 0:
                 return False
+            for pending in (self._dirty_latest, self._dirty_seen, self._flushing_latest, self._flushing_seen):
+                pending.pop(device_id, None)
+            self._checkpoint_rows = [r for r in self._checkpoint_rows if r[0] != device_id]
             for table in ("history", "latest", "messages", "device_seen"):
                 c.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
             c.execute(
@@ -484,9 +508,14 @@ class SqliteStorage(ForwardSqlite, Storage):
     # -- ingest ---------------------------------------------------------------------------
     async def write_batch(self, records: list[Record], outbox: OutboxBatch | None = None) -> None:
         await self._write(lambda c: self._write_batch(c, records, outbox))
+        if self._flushing_latest or self._flushing_seen or time.monotonic() - self._checkpoint_at >= CHECKPOINT_S:
+            if not (self._flushing_latest or self._flushing_seen):
+                self._checkpoint_at = time.monotonic()
+            # one step, queued behind this batch on the writer thread; nobody waits for it
+            self._writer_pool.submit(self._checkpoint_logged)
 
     def _write_batch(self, con: sqlite3.Connection, records: list[Record], outbox: OutboxBatch | None = None) -> None:
-        history, messages, latest, seen = split_batch(records)
+        history, messages = history_and_messages(records)
         con.execute("BEGIN IMMEDIATE")
         try:
             if outbox is not None:
@@ -499,30 +528,163 @@ class SqliteStorage(ForwardSqlite, Storage):
                     "detail) VALUES(?,?,?,?,?,?,?,?,?)",
                     messages,
                 )
-            if latest:
-                con.executemany(
-                    "INSERT INTO latest(device_id, identifier, value, ts, message_id) VALUES(?,?,?,?,?) "
-                    "ON CONFLICT(device_id, identifier) DO UPDATE SET value=excluded.value, ts=excluded.ts, "
-                    "message_id=excluded.message_id WHERE excluded.ts >= latest.ts",
-                    latest,
-                )
-            if seen:
-                con.executemany(
-                    "INSERT INTO device_seen(device_id, last_seen) VALUES(?,?) ON CONFLICT(device_id) "
-                    "DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen)",
-                    seen,
-                )
         except BaseException:
             con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
+        self._note_committed(records)
+
+    def _note_committed(self, records: list[Record]) -> None:
+        """Fold a committed batch into the pending latest values and last-seen times (writer thread)."""
+        dirty, seen = self._dirty_latest, self._dirty_seen
+        for r in records:
+            if r.values is not None and r.kind == "property":
+                current = dirty.get(r.device_id)
+                if current is None:
+                    current = dirty[r.device_id] = {}
+                ts = r.ts
+                for key, value in r.values.items():
+                    prev = current.get(key)
+                    if prev is None or ts >= prev[1]:
+                        current[key] = (value, ts, r.message_id)
+            if r.kind != "rejected" and seen.get(r.device_id, 0) < r.received_at:
+                seen[r.device_id] = r.received_at
+
+    def _checkpoint_logged(self) -> None:
+        assert self._writer is not None
+        try:
+            self._checkpoint_step(self._writer)
+        except sqlite3.Error as exc:  # retried with the next checkpoint; replayed from history on start
+            log.warning("writing latest values failed: %s", exc)
+
+    def _checkpoint(self, con: sqlite3.Connection) -> None:
+        """Write every pending latest value and last-seen time (writer thread)."""
+        while self._checkpoint_step(con):
+            pass
+
+    def _checkpoint_step(self, con: sqlite3.Connection) -> bool:
+        """Write up to CHECKPOINT_ROWS latest values of the current snapshot (taking one when none
+        is in progress); the last step also writes last-seen times and the history/messages message IDs
+        the snapshot covers. Returns whether more steps are needed (writer thread)."""
+        if not (self._flushing_latest or self._flushing_seen):
+            if not self._dirty_latest and not self._dirty_seen:
+                return False
+            # readers overlay _flushing_* until its last row is committed
+            self._flushing_latest, self._dirty_latest = self._dirty_latest, {}
+            self._flushing_seen, self._dirty_seen = self._dirty_seen, {}
+            self._checkpoint_rows = [
+                (device, key, value, ts, message_id)
+                for device, values in self._flushing_latest.items()
+                for key, (value, ts, message_id) in values.items()
+            ]
+            # batches committed from now on are not in the snapshot: the watermark stops here
+            self._checkpoint_marks = (self._newest_id(con, "history"), self._newest_id(con, "messages"))
+        chunk = self._checkpoint_rows[:CHECKPOINT_ROWS]
+        last = len(self._checkpoint_rows) <= CHECKPOINT_ROWS
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                if chunk:
+                    con.executemany(
+                        "INSERT INTO latest(device_id, identifier, value, ts, message_id) VALUES(?,?,?,?,?) "
+                        "ON CONFLICT(device_id, identifier) DO UPDATE SET value=excluded.value, ts=excluded.ts, "
+                        "message_id=excluded.message_id WHERE excluded.ts >= latest.ts",
+                        [(d, k, _json_encode(v).decode(), ts, m) for d, k, v, ts, m in chunk],
+                    )
+                if last:
+                    if self._flushing_seen:
+                        con.executemany(
+                            "INSERT INTO device_seen(device_id, last_seen) VALUES(?,?) ON CONFLICT(device_id) "
+                            "DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen)",
+                            list(self._flushing_seen.items()),
+                        )
+                    self._set_watermarks(con, *self._checkpoint_marks)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+        except BaseException:
+            self._merge_back()
+            self._flushing_latest, self._flushing_seen, self._checkpoint_rows = {}, {}, []
+            raise
+        if last:
+            self._flushing_latest, self._flushing_seen, self._checkpoint_rows = {}, {}, []
+            return False
+        del self._checkpoint_rows[:CHECKPOINT_ROWS]
+        return True
+
+    def _merge_back(self) -> None:
+        for device, values in self._flushing_latest.items():
+            current = self._dirty_latest.setdefault(device, {})
+            for key, entry in values.items():
+                newer = current.get(key)
+                if newer is None or entry[1] > newer[1]:
+                    current[key] = entry
+        for device, at in self._flushing_seen.items():
+            if self._dirty_seen.get(device, 0) < at:
+                self._dirty_seen[device] = at
+
+    @staticmethod
+    def _newest_id(con: sqlite3.Connection, table: str) -> int:
+        return int(con.execute(f"SELECT COALESCE(MAX(message_id), 0) FROM {table}").fetchone()[0])
+
+    @staticmethod
+    def _set_watermarks(con: sqlite3.Connection, history: int, messages: int) -> None:
+        for table, message_id in (("history", history), ("messages", messages)):
+            con.execute(
+                "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (f"checkpoint:{table}", str(message_id)),
+            )
+
+    def _recover(self, con: sqlite3.Connection) -> None:
+        """Rebuild latest values and last-seen times committed after the last checkpoint (a crash)."""
+        marks = dict(con.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint:%'").fetchall())
+        if "checkpoint:history" not in marks:  # new database, or one whose tables were kept per commit
+            history, messages = self._newest_id(con, "history"), self._newest_id(con, "messages")
+            self._tx(con, lambda c: self._set_watermarks(c, history, messages))
+            return
+        for device, ts, data, message_id in con.execute(
+            "SELECT device_id, ts, data, message_id FROM history WHERE message_id > ? ORDER BY message_id",
+            (int(marks["checkpoint:history"]),),
+        ):
+            values = _json_decode(data)
+            received = (message_id >> (NODE_BITS + SEQ_BITS)) + EPOCH_MS  # a message ID holds its receive time
+            self._note_committed(
+                [
+                    Record(
+                        message_id=message_id,
+                        device_id=device,
+                        kind="property",
+                        ts=ts,
+                        received_at=received,
+                        values=values,
+                    )
+                ]
+            )
+        for device, received in con.execute(
+            "SELECT device_id, received_at FROM messages WHERE message_id > ? AND kind != 'rejected'",
+            (int(marks.get("checkpoint:messages", 0)),),
+        ):
+            if self._dirty_seen.get(device, 0) < received:
+                self._dirty_seen[device] = received
+        if self._dirty_latest or self._dirty_seen:
+            log.info("rebuilt latest values of %d devices from history after an unclean stop", len(self._dirty_latest))
+        self._checkpoint(con)
 
     # -- device data ----------------------------------------------------------------------
     async def latest_values(self, device_id: int) -> dict[str, tuple[Any, int]]:
+        # values not yet checkpointed, taken before the table is read so that none falls in between
+        pending = [dict(p) for p in (self._flushing_latest.get(device_id), self._dirty_latest.get(device_id)) if p]
         rows = await self._read(
             lambda c: c.execute("SELECT identifier, value, ts FROM latest WHERE device_id=?", (device_id,)).fetchall()
         )
-        return {r[0]: (_json_decode(r[1]), r[2]) for r in rows}
+        out = {r[0]: (_json_decode(r[1]), r[2]) for r in rows}
+        for values in pending:
+            for key, (value, ts, _) in values.items():
+                known = out.get(key)
+                if known is None or ts >= known[1]:
+                    out[key] = (value, ts)
+        return out
 
     async def property_history(
         self, device_id: int, identifier: str, since: int, until: int, limit: int
@@ -571,10 +733,16 @@ class SqliteStorage(ForwardSqlite, Storage):
         ]
 
     async def last_seen(self, since: int = 0) -> dict[int, int]:
+        pending = [dict(self._flushing_seen), dict(self._dirty_seen)]
         rows = await self._read(
             lambda c: c.execute("SELECT device_id, last_seen FROM device_seen WHERE last_seen > ?", (since,)).fetchall()
         )
-        return {r[0]: r[1] for r in rows}
+        out = {r[0]: r[1] for r in rows}
+        for seen in pending:
+            for device, at in seen.items():
+                if at > since and out.get(device, 0) < at:
+                    out[device] = at
+        return out
 
     # -- retention ------------------------------------------------------------------------
     _expire_cursor = 0  # history is walked device by device (index device_id, ts); resumes here
@@ -613,6 +781,20 @@ class SqliteStorage(ForwardSqlite, Storage):
             return deleted, False
 
         return await self._write(lambda c: self._tx(c, run))
+
+
+def history_and_messages(records: list[Record]) -> tuple[list[tuple], list[tuple]]:
+    """Row tuples of a batch for `history` (property reports) and `messages` (everything else)."""
+    history: list[tuple] = []
+    messages: list[tuple] = []
+    for r in records:
+        if r.kind == "property" and r.values is not None:
+            history.append((r.message_id, r.device_id, r.ts, _json_encode(r.values).decode()))
+        else:
+            messages.append(
+                (r.message_id, r.device_id, r.kind, r.ts, r.received_at, r.topic, r.identifier, r.payload, r.detail)
+            )
+    return history, messages
 
 
 def split_batch(
