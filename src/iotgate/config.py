@@ -48,6 +48,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # limits
     device_rate_per_s: float = 1000.0
     device_rate_burst: int = 2000
+    auth_rate_per_s: float = 2.0
+    auth_rate_burst: int = 30
     max_connections_per_ip: int = 20000
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
@@ -119,6 +121,9 @@ DESCRIPTIONS: dict[str, str] = {
     "device_rate_per_s": "Requests per second each device may make (token bucket); a product's `ratePerSecond` "
     "overrides it. 0: unlimited.",
     "device_rate_burst": "Bucket size for `device_rate_per_s` (requests a device may send at once).",
+    "auth_rate_per_s": "Authentications per second each device may make (Alibaba 40000, Huawei IOTDA.021101 beyond it); "
+    "0 disables the limit.",
+    "auth_rate_burst": "Bucket size for `auth_rate_per_s` (authentications a device may make at once).",
     "max_connections_per_ip": "Most open device connections from one client address; more are refused (reset).",
     "header_timeout_s": "A request's header must arrive within this many seconds of its first byte "
     "(also: the TLS handshake, and the first byte of a new connection); else 408 and close.",

@@ -65,6 +65,7 @@ class DeviceCore:
         self.signer = signer
         self.ids = ids
         self.limiter = RateLimiter(settings.device_rate_per_s, settings.device_rate_burst)
+        self.auth_limiter = RateLimiter(settings.auth_rate_per_s, settings.auth_rate_burst)
         self.last_seen: dict[int, int] = {}
         ingestor.after_commit.append(self._note_seen)
 
@@ -76,6 +77,8 @@ class DeviceCore:
         row = await self.registry.storage.get_device(product_key, device_name)
         if row is None:
             raise AuthFailed(f"device {product_key}/{device_name} does not exist")
+        if not self.auth_limiter.allow(row.id):  # bounds the cost a leaked or looping client can cause
+            raise RateLimited(f"device {device_name} exceeded {self.auth_limiter.rate:g} authentications/s")
         if not row.enabled and not allow_disabled:
             raise DeviceDisabled(f"device {product_key}/{device_name} is disabled")
         return row

@@ -135,6 +135,8 @@ class AlinkDialect:
             device = await self.core.credentials(doc["productKey"], doc["deviceName"], allow_disabled=True)
         except AuthFailed:
             device = None
+        except RateLimited as exc:
+            raise AlinkError(TOO_MANY, f"request too many: {exc}") from None
         # unknown device and wrong sign get the same answer (and cost), so names cannot be probed
         expected = alink_sign(params, device.secret if device else _DUMMY_SECRET, method)
         if device is None or not hex_equal(expected, doc["sign"]):

@@ -8,7 +8,6 @@ every bad child, and every rejection is recorded (docs/iotda.md explains why).
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 import time
@@ -183,8 +182,12 @@ class IotdaDialect:
         parts = split_device_id(device_id)
         device = None
         if parts is not None:
-            with contextlib.suppress(AuthFailed):
+            try:
                 device = await self.core.credentials(*parts, allow_disabled=True)
+            except AuthFailed:
+                pass
+            except RateLimited as exc:
+                raise IotdaError(403, "IOTDA.021101", f"Request reached the maximum rate limit: {exc}") from None
         # unknown device and wrong password get the same answer (and cost): device ids cannot be probed
         expected = iotda_password(device.secret if device else _DUMMY_SECRET, timestamp)
         if device is None or not hex_equal(expected, password):
