@@ -299,3 +299,47 @@ def test_login_throttle_blocks_after_repeated_failures() -> None:
     assert t.retry_after("10.0.0.1", now=161) == 0  # the oldest failure aged out
     t.succeeded("10.0.0.1")
     assert t.retry_after("10.0.0.1", now=162) == 0
+
+
+def test_event_stream_follows_the_database_when_workers_ingest(
+    tmp_path_factory: pytest.TempPathFactory, pg_url: str
+) -> None:
+    """With --workers the device reports commit in other processes: the stream reads them from the database."""
+    from iotgate.auth.secretbox import SecretBox
+
+    data = tmp_path_factory.mktemp("console-pg") / "data"
+    srv = ServerProcess(
+        data, "--database", pg_url, "--workers", "2", env={"IOTGATE_MASTER_KEY": SecretBox.new_key()}
+    ).start()
+    try:
+        with srv.admin() as c:
+            admin = Admin(c)
+            dev = admin.device(admin.product(SEED_MODEL), "pg-live-01")
+            stats = c.get("/api/v1/stats/overview").json()
+            assert stats["ratesScope"] == "this-process"
+        reporter = AlinkReporter(srv, dev)
+        path = f"/api/v1/products/{dev['productKey']}/devices/{dev['deviceName']}/events"
+        events: list[tuple[str, Any]] = []
+        with (
+            srv.admin() as c,
+            c.stream("GET", path) as stream,
+        ):
+            assert stream.status_code == 200
+            name = None
+            deadline = time.monotonic() + 20
+            for line in stream.iter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    events.append((str(name), json.loads(line[6:])))
+                    if name == "ready":
+                        assert reporter.post({"temperature": 31, "humidity": 41})["code"] == 0
+                        assert reporter.post({"temperature": 61})["code"] != 0
+                if {e[0] for e in events} >= {"property", "message"} or time.monotonic() > deadline:
+                    break
+        props = [e[1] for e in events if e[0] == "property"]
+        msgs = [e[1] for e in events if e[0] == "message"]
+        assert props and props[-1]["values"] == {"temperature": 31, "humidity": 41}, events
+        assert msgs and msgs[0]["kind"] == "rejected" and "temperature" in msgs[0]["reason"], events
+    finally:
+        srv.stop()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import re
 import time
 from collections.abc import AsyncIterator
@@ -42,6 +43,9 @@ RATE_WINDOW_S = 10
 HEARTBEAT_S = 15.0
 MAX_STREAMS = 200
 STREAM_QUEUE = 1000
+POLL_S = 1.0  # live views read from the database this often when other processes ingest
+POLL_MESSAGES = 50
+log = logging.getLogger("iotgate.console")
 IOTDA_TS_RE = re.compile(r"\d{10}")
 
 
@@ -229,19 +233,34 @@ class ConsoleApi:
                     "rejected": self.counter.total_rejected,
                     "since": self.counter.started_ms,
                 },
+                "ratesScope": "this-process" if self.shared_ingest else "server",
             }
         )
 
     # -- live events ----------------------------------------------------------------------
+    @property
+    def shared_ingest(self) -> bool:
+        """Whether other processes commit reports too (--workers, or nodes sharing PostgreSQL): then this
+        process's commit hook misses theirs, and live views and rates must come from the database."""
+        s = self.platform.settings
+        return getattr(s, "workers", 1) > 1 or s.database.startswith(("postgres://", "postgresql://"))
+
     async def events(self, request: Request) -> Response:
         """Server-Sent Events: `property` and `message` events of one device as they commit."""
         p = self.platform
         row = await p.registry.device(request.path_params["product_key"], request.path_params["device_name"])
+        ready = b"retry: 3000\n" + sse("ready", {"deviceId": device_id_of(row.product_key, row.device_name)})
+        if self.shared_ingest:
+            if self.feed.count >= self.feed.max_streams:
+                raise ApiError(
+                    503, "too_many_streams", f"at most {self.feed.max_streams} live streams; close some tabs"
+                )
+            return _event_stream(self._polled(row.id, ready))
         stream = self.feed.open(row.id)
 
         async def body() -> AsyncIterator[bytes]:
             try:
-                yield b"retry: 3000\n" + sse("ready", {"deviceId": device_id_of(row.product_key, row.device_name)})
+                yield ready
                 idle = 0.0
                 while p.ready:
                     try:
@@ -258,11 +277,49 @@ class ConsoleApi:
             finally:
                 self.feed.close(stream)
 
-        return StreamingResponse(
-            body(),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
+        return _event_stream(body())
+
+    async def _polled(self, device_id: int, ready: bytes) -> AsyncIterator[bytes]:
+        """The event stream read from the database every POLL_S: new latest values, new messages."""
+        storage = self.platform.storage
+        self.feed.count += 1
+        try:
+            latest = await storage.latest_values(device_id)
+            seen = {m.message_id for m in await storage.device_messages(device_id, None, None, POLL_MESSAGES)}
+            yield ready
+            idle = 0.0
+            while self.platform.ready:
+                await asyncio.sleep(POLL_S)
+                idle += POLL_S
+                try:
+                    now = await storage.latest_values(device_id)
+                    recent = await storage.device_messages(device_id, None, None, POLL_MESSAGES)
+                except Exception as exc:  # the database hiccuped: try again next round
+                    log.warning("live view of device %d: %s", device_id, exc)
+                    continue
+                groups: dict[int, dict[str, Any]] = {}
+                for ident, (value, ts) in now.items():
+                    old = latest.get(ident)
+                    if old is None or ts > old[1] or (ts == old[1] and value != old[0]):
+                        groups.setdefault(ts, {})[ident] = value
+                latest = now
+                received = int(time.time() * 1000)
+                out = [
+                    sse("property", {"time": ts, "receivedAt": received, "values": v})
+                    for ts, v in sorted(groups.items())
+                ]
+                floor = min(seen) if len(seen) >= POLL_MESSAGES else -1
+                fresh = [m for m in recent if m.message_id not in seen and m.message_id > floor]
+                seen = {m.message_id for m in recent}
+                out += [record_event(m) for m in reversed(fresh)]
+                if out:
+                    idle = 0.0
+                    yield b"".join(out)
+                elif idle >= HEARTBEAT_S:
+                    idle = 0.0
+                    yield b": keep-alive\n\n"
+        finally:
+            self.feed.count -= 1
 
     # -- connection info and tools --------------------------------------------------------
     def device_base_url(self, request: Request) -> str:
@@ -407,6 +464,12 @@ class ConsoleApi:
                 "iotda": {"url": f"{base}/v5/device-auth", "body": iotda_auth_body(device_id, secret, when=when)},
             }
         )
+
+
+def _event_stream(body: AsyncIterator[bytes]) -> StreamingResponse:
+    return StreamingResponse(
+        body, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
 
 
 def _cert_facts(path: Path) -> dict[str, Any]:

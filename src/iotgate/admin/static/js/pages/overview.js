@@ -44,7 +44,8 @@ export async function render(main) {
         area: true,
         label: `Messages per second over the last hour; now ${s.rate.messagesPerSecond} messages/s and ${s.rate.rejectedPerSecond} rejected/s`,
       }));
-      totals.textContent = `Since ${fmtTime(s.totals.since)}: ${fmtNumber(s.totals.messages)} messages committed, ${fmtNumber(s.totals.rejected)} rejected.`;
+      totals.textContent = `Since ${fmtTime(s.totals.since)}: ${fmtNumber(s.totals.messages)} messages committed, ${fmtNumber(s.totals.rejected)} rejected.`
+        + (s.ratesScope === 'this-process' ? ' Rates count what this process committed; device workers (--workers) and other nodes are not included (see their /metrics).' : '');
     } catch (err) {
       if (err.status === 401) return;
       append(clear(chartBox), h('div.form-error', err.message));
