@@ -139,7 +139,10 @@ setUnauthorizedHandler(() => {
   if (signedIn) loginPage('Your session has ended. Sign in again.');
 });
 
-window.addEventListener('hashchange', route);
+window.addEventListener('hashchange', async () => {
+  await route();
+  if (main && signedIn && !document.querySelector('dialog[open]')) main.focus({ preventScroll: true }); // screen readers start at the new page
+});
 
 (async function boot() {
   let state = { authenticated: false };
