@@ -186,6 +186,40 @@ def test_a_node_with_another_master_key_refuses_to_start(tmp_path: Path, pg_url:
     assert "different master key" in out.stderr.replace("\n", " ")
 
 
+@pytest.mark.parametrize(("node_id", "workers"), [("2", "1"), ("0", "3")])
+def test_a_node_reusing_a_live_node_id_refuses_to_start(
+    nodes: tuple[ServerProcess, ServerProcess], tmp_path: Path, pg_url: str, node_id: str, workers: str
+) -> None:
+    """Nodes A and B hold node IDs 1 and 2: a third node may not make message IDs with either, not
+    even through a worker (--node-id 0 --workers 3 would use 1..3)."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iotgate.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "c"),
+            "--database",
+            pg_url,
+            "--node-id",
+            node_id,
+            "--workers",
+            workers,
+            "--device-port",
+            "0",
+            "--admin-port",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **ENV},
+    )
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "is in use by another running iotgate process" in out.stderr.replace("\n", " ")
+
+
 def test_health_of_each_node(nodes: tuple[ServerProcess, ServerProcess]) -> None:
     for node in nodes:
         r = httpx.get(node.admin_url + "/readyz", timeout=5)

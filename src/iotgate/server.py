@@ -100,6 +100,13 @@ class Platform:
         self.storage = open_storage(self.settings, box)
         await self.storage.open()
         await self._check_master_key(box)
+        node_id = self.settings.node_id + self.worker
+        if not await self.storage.claim_node_id(node_id):
+            raise ValueError(
+                f"node ID {node_id} is in use by another running iotgate process on this database: give each "
+                "node its own --node-id (a node with --workers N also uses node_id+1 .. node_id+N). If that "
+                "process is gone with its host, PostgreSQL ends its session within about 25 s"
+            )
         key_hex = await self.storage.set_meta_if_absent("token_key", secrets.token_hex(32))
         self.registry = Registry(self.storage, self.settings.registry_poll_s)
         await self.registry.start()
@@ -209,6 +216,9 @@ class Platform:
                 self.worker_procs.append(self._spawn_worker(index))
             for proc in self.worker_procs:
                 await _until_ready(proc)
+        except RuntimeError as exc:  # one did not start (its own error is logged): stop the others
+            await self._stop_workers()
+            raise ValueError(f"{exc}; its error is logged above") from None
         finally:
             if reservation is not None:
                 reservation.close()

@@ -276,6 +276,12 @@ class Storage(abc.ABC):
         """device_id -> last report time (ms) for devices seen after `since`: rebuilds online status on
         start, and keeps it current where other processes ingest (workers, other nodes)."""
 
+    async def claim_node_id(self, node_id: int) -> bool:
+        """Reserve a message-ID node number for this process while it runs (shared databases: two live
+        processes with one node ID would make the same message IDs). False: another process holds it.
+        Default: nothing to reserve (a single-writer database)."""
+        return True
+
     # housekeeping (storage/retention.py drives these in the background)
     async def maintain(self, now: int) -> None:  # noqa: B027 - optional hook
         """Periodic upkeep, e.g. create time partitions ahead of `now`. Default: nothing to do."""

@@ -57,6 +57,10 @@ _json_decode = msgspec.json.decode
 LOCK_MIGRATE = 0x696F_7467_6174_6501
 LOCK_MAINTAIN = 0x696F_7467_6174_6502
 LOCK_REGISTRY = 0x696F_7467_6174_6503
+LOCK_NODE_CLASS = 0x696F_7467  # with the node ID as second key: pg_try_advisory_lock(int, int)
+NODE_CLAIM_WAIT_S = 3.0  # a killed predecessor's session takes a moment to end
+# server-side keepalive on the node-claim session: a vanished host frees its node ID in ~25 s
+KEEPALIVE = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
 
 # partitioned tables: table -> (partition column, primary key, secondary index)
 PARTITIONED: dict[str, tuple[str, str, str]] = {
@@ -103,6 +107,7 @@ class PostgresStorage(ForwardPostgres, Storage):
         self.max_pool = max_pool
         self.command_timeout = command_timeout
         self._pool: asyncpg.Pool | None = None
+        self._node_con: asyncpg.Connection | None = None
         self.layout = "partitioned"  # or "timescaledb"
 
     # -- plumbing -------------------------------------------------------------------------
@@ -200,7 +205,24 @@ class PostgresStorage(ForwardPostgres, Storage):
         await con.execute("INSERT INTO meta(key, value) VALUES('pg:layout', $1)", layout)
         self.layout = layout
 
+    async def claim_node_id(self, node_id: int) -> bool:
+        """Hold a session advisory lock on the node ID for as long as this process (its connection)
+        lives; PostgreSQL releases it when the process dies, however it dies."""
+        con = await asyncpg.connect(self.dsn, server_settings=KEEPALIVE)
+        deadline = time.monotonic() + NODE_CLAIM_WAIT_S
+        while not await con.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_NODE_CLASS, node_id):
+            if time.monotonic() > deadline:
+                await con.close()
+                return False
+            log.warning("node ID %d is held by another database session; waiting for it to end", node_id)
+            await asyncio.sleep(0.5)
+        self._node_con = con
+        return True
+
     async def close(self) -> None:
+        if self._node_con is not None:
+            await self._node_con.close()
+            self._node_con = None
         if self._pool is not None:
             try:
                 await asyncio.wait_for(self._pool.close(), 10)
