@@ -37,7 +37,7 @@ from iotgate.storage.migrations import MIGRATIONS, render
 
 T = TypeVar("T")
 log = logging.getLogger("iotgate.storage")
-CHECKPOINT_S = 1.0  # how often latest values and last-seen times are written out
+CHECKPOINT_S = 2.0  # how often latest values and last-seen times are written out (a crash replays this much history)
 CHECKPOINT_ROWS = 1000  # rows per checkpoint transaction, so that ingest batches wait for one small step at most
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
@@ -68,7 +68,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         self._conns_lock = threading.Lock()
         # Latest values and last-seen times change with every report. Instead of an upsert per
         # property per commit they live here (touched by the writer thread only) and reach the
-        # `latest`/`device_seen` tables at most once a second (`_checkpoint`). An acknowledged
+        # `latest`/`device_seen` tables every CHECKPOINT_S (`_checkpoint`). An acknowledged
         # report is durable in `history`/`messages`; `open()` replays rows after the checkpoint.
         self._dirty_latest: dict[int, dict[str, tuple[Any, int, int]]] = {}  # device -> id -> (value, ts, msg)
         self._dirty_seen: dict[int, int] = {}

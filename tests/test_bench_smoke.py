@@ -1,0 +1,83 @@
+"""`iotgate bench` end to end, briefly: one scenario for ~2 s against a running server, nginx beside it.
+
+No thresholds: the numbers depend on the machine. The test checks that the report is complete
+and sane, and that every reply the load generator checked was a success.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ServerProcess
+from iotgate.benchmark.nginx import nginx_binary
+from iotgate.benchmark.wrk import wrk_binary
+
+pytestmark = pytest.mark.skipif(
+    wrk_binary() is None or nginx_binary() is None,
+    reason="iotgate bench needs wrk and nginx (Debian: apt-get install wrk nginx)",
+)
+
+
+def test_bench_one_scenario_against_a_running_server(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "report.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iotgate.cli",
+            "bench",
+            "--scenario",
+            "alink-post,idle",
+            "--duration",
+            "2",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--devices",
+            "8",
+            "--variants",
+            "2",
+            "--idle-connections",
+            "40",
+            "--target",
+            server.device_url,
+            "--data-dir",
+            str(server.data_dir),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    assert "alink-post" in run.stdout and "ratio" in run.stdout
+    report = json.loads(out.read_text())
+    [scenario] = report["scenarios"]
+    assert scenario["scenario"] == "alink-post"
+    assert 2 <= scenario["pointsPerRequest"] <= 10
+    ours, theirs = scenario["iotgate"], scenario["nginx"]
+    for side in (ours, theirs):
+        assert side["msgsPerS"] > 0 and side["pointsPerS"] > side["msgsPerS"]
+        assert 0 < side["p50Ms"] <= side["p99Ms"] <= side["maxMs"]
+        assert side["errors"] == 0, side["rounds"][0]["sample"]
+        assert side["cpuSPer1kMsgs"] > 0
+        assert len(side["rounds"]) == 1 and side["rounds"][0]["requests"] > 0
+    assert ours["rounds"][0]["rss_mb"] > 0
+    assert scenario["ratio"] == pytest.approx(ours["msgsPerS"] / theirs["msgsPerS"])
+    idle = report["idle"]
+    assert idle["connections"] == 40 and idle["failed"] == 0
+    assert idle["rssAfterMb"] > 0 and idle["rssBeforeMb"] > 0
+
+
+def test_bench_refuses_unknown_scenarios() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "iotgate.cli", "bench", "--scenario", "nope"], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 2 and "unknown scenario" in run.stderr
