@@ -306,7 +306,10 @@ async def create_device(request: Request) -> Response:
 
 def names_from_csv(text: str) -> list[str | None]:
     """CSV with a `deviceName` header (other columns ignored), or one name per line."""
-    rows = list(csv.reader(io.StringIO(text)))
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as exc:
+        raise ApiError(422, "invalid_csv", f"the CSV body cannot be read: {exc}") from None
     if not rows:
         return []
     header = [h.strip() for h in rows[0]]
@@ -340,8 +343,8 @@ async def create_devices_batch(request: Request) -> Response:
                     raise ApiError(422, "invalid", f'devices[{i}] must be {{"deviceName": string}} or a string')
         else:
             count = doc.get("count")
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ApiError(422, "invalid", "send devices: [...] or count: N (N ≥ 1)")
+            if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCH:
+                raise ApiError(422, "invalid", f"send devices: [...] or count: N (1 ≤ N ≤ {MAX_BATCH})")
             names = [None] * count
     if not names:
         raise ApiError(422, "invalid", "no devices in the request")
