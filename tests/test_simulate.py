@@ -107,11 +107,17 @@ def test_numbers_walk_within_range_on_the_step_grid() -> None:
 
 
 def test_live_view_shows_counts_and_latency() -> None:
-    stats = Stats(sent=40, accepted=37, expected_rejections=1, unexpected_rejections=2)
+    stats = Stats(devices=4, connected=3)
+    console = Console(record=True, width=120, force_terminal=False)
+    dashboard = Dashboard(stats, {"protocol": "iotda", "devices": 4}, total=80, duration=None)
+    console.print(dashboard)
+    assert "connecting 3/4 devices" in console.export_text()
+
+    stats.connected, stats.running = 4, True
+    stats.sent, stats.accepted, stats.expected_rejections, stats.unexpected_rejections = 40, 37, 1, 2
     for ms in range(1, 101):
         stats.latency(ms / 1000)
-    console = Console(record=True, width=120, force_terminal=False)
-    console.print(Dashboard(stats, {"protocol": "iotda", "devices": 4}, total=80, duration=None))
+    console.print(dashboard)
     text = console.export_text()
     assert "4 × iotda devices" in text and "50%" in text
     row = next(line for line in text.splitlines() if line.startswith("│"))

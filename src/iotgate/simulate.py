@@ -75,6 +75,7 @@ SEED_COLLECTOR_MODEL: dict[str, Any] = {
 }
 RESERVOIR = 20_000
 MAX_ERRORS_KEPT = 10
+CONNECT_CONCURRENCY = 64
 err = Console(stderr=True)
 
 
@@ -215,6 +216,9 @@ class Stats:
     invalid_accepted: int = 0
     errors: int = 0
     auth_failures: int = 0
+    devices: int = 0
+    connected: int = 0
+    running: bool = False  # all devices have authenticated (or failed to); the clock runs
     renewals: int = 0
     reauths: int = 0
     latencies: list[float] = field(default_factory=list)
@@ -228,7 +232,8 @@ class Stats:
 
     @property
     def failed(self) -> bool:
-        return bool(self.unexpected_rejections or self.invalid_accepted or self.errors or self.auth_failures)
+        problems = self.unexpected_rejections or self.invalid_accepted or self.errors or self.auth_failures
+        return bool(problems) or self.sent == 0  # a run that sent nothing verified nothing
 
     def latency(self, seconds: float) -> None:
         self.samples += 1
@@ -288,11 +293,15 @@ class Dashboard:
             TaskProgressColumn(),
             TimeElapsedColumn(),
         )
-        label = f"{info['devices']} × {info['protocol']} devices"
-        self.task = self.progress.add_task(label, total=total or duration or None)
+        self.label = f"{info['devices']} × {info['protocol']} devices"
+        self.task = self.progress.add_task(self.label, total=total or duration or None)
 
     def __rich__(self) -> Group:
         s = self.stats
+        if not s.running:
+            self.progress.update(self.task, description=f"connecting {s.connected}/{s.devices} devices")
+        else:
+            self.progress.update(self.task, description=self.label)
         if self.total:
             self.progress.update(self.task, completed=s.sent)
         elif self.duration:
@@ -411,21 +420,44 @@ class Plan:
     seed: int | None
 
 
+class StartGate:
+    """Devices authenticate first; the clock starts once every one of them has (or has failed)."""
+
+    def __init__(self, devices: int, stats: Stats) -> None:
+        self.pending = devices
+        self.stats = stats
+        self.go = asyncio.Event()
+        self.start = 0.0
+
+    def arrived(self) -> None:
+        self.pending -= 1
+        if self.pending == 0:
+            self.start = self.stats.started = time.monotonic()
+            self.stats.running = True
+            self.go.set()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    waiters = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
 async def run_device(
     index: int,
     device: SimDevice,
     model: ThingModel,
     plan: Plan,
     stats: Stats,
-    start: float,
+    gate: StartGate,
+    connecting: asyncio.Semaphore,
     stop: asyncio.Event,
-    n_devices: int,
 ) -> None:
     rng = random.Random(None if plan.seed is None else plan.seed * 1_000_003 + index)
     values = ValueGenerator(model, rng)
-    interval = 1.0 / plan.rate
-    first = start + interval * index / n_devices  # spread the devices over one interval
-    deadline = start + plan.duration if plan.duration is not None else math.inf
     client: AsyncAlinkDevice | AsyncIotdaDevice
     if plan.protocol == "alink":
         client = AsyncAlinkDevice(
@@ -435,11 +467,22 @@ async def run_device(
         client = AsyncIotdaDevice(device.device_id, device.secret, plan.endpoint, verify=plan.verify)
     async with client:
         try:
-            await client.auth()
+            async with connecting:  # bounded: a thousand TLS handshakes at once help nobody
+                if not stop.is_set():
+                    await client.auth()
+                    stats.connected += 1
         except DeviceError as exc:
             stats.auth_failures += 1
             stats.problem(f"{device.device_name}: auth failed: {exc}")
             return
+        finally:
+            gate.arrived()
+        await _first(gate.go, stop)
+        if stop.is_set():
+            return
+        interval = 1.0 / plan.rate
+        first = gate.start + interval * index / gate.stats.devices  # spread the devices over one interval
+        deadline = gate.start + plan.duration if plan.duration is not None else math.inf
         k = 0
         while not stop.is_set() and (plan.count is None or k < plan.count):
             due = first + k * interval
@@ -452,41 +495,52 @@ async def run_device(
                 if stop.is_set():
                     break
             k += 1
-            report = values.report()
-            invalid = rng.random() < plan.invalid_ratio
-            broken = values.invalidate(report) if invalid else ""
-            stats.sent += 1
-            sent_at = time.monotonic()
-            try:
-                if isinstance(client, AsyncAlinkDevice):
-                    flat = {
-                        (ident if module == DEFAULT_MODULE else f"{module}:{ident}"): v
-                        for module, props in report.items()
-                        for ident, v in props.items()
-                    }
-                    await client.post_properties(flat)
-                else:
-                    await client.report_services([ServiceProperties(m, props) for m, props in report.items()])
-            except DeviceConnectionError as exc:
-                stats.errors += 1
-                stats.problem(f"{device.device_name}: {exc}")
-                continue
-            except DeviceError as exc:
-                stats.latency(time.monotonic() - sent_at)
-                if invalid and exc.rejected:
-                    stats.expected_rejections += 1
-                else:
-                    stats.unexpected_rejections += 1
-                    stats.problem(f"{device.device_name}: rejected: {exc}")
-                continue
-            stats.latency(time.monotonic() - sent_at)
-            if invalid:
-                stats.invalid_accepted += 1
-                stats.problem(f"{device.device_name}: invalid report accepted ({broken})")
-            else:
-                stats.accepted += 1
+            await send_one(client, device, values, rng, plan, stats)
         stats.renewals += client.stats.renewals
         stats.reauths += client.stats.reauths
+
+
+async def send_one(
+    client: AsyncAlinkDevice | AsyncIotdaDevice,
+    device: SimDevice,
+    values: ValueGenerator,
+    rng: random.Random,
+    plan: Plan,
+    stats: Stats,
+) -> None:
+    report = values.report()
+    invalid = rng.random() < plan.invalid_ratio
+    broken = values.invalidate(report) if invalid else ""
+    stats.sent += 1
+    sent_at = time.monotonic()
+    try:
+        if isinstance(client, AsyncAlinkDevice):
+            flat = {
+                (ident if module == DEFAULT_MODULE else f"{module}:{ident}"): v
+                for module, props in report.items()
+                for ident, v in props.items()
+            }
+            await client.post_properties(flat)
+        else:
+            await client.report_services([ServiceProperties(m, props) for m, props in report.items()])
+    except DeviceConnectionError as exc:
+        stats.errors += 1
+        stats.problem(f"{device.device_name}: {exc}")
+        return
+    except DeviceError as exc:
+        stats.latency(time.monotonic() - sent_at)
+        if invalid and exc.rejected:
+            stats.expected_rejections += 1
+        else:
+            stats.unexpected_rejections += 1
+            stats.problem(f"{device.device_name}: rejected: {exc}")
+        return
+    stats.latency(time.monotonic() - sent_at)
+    if invalid:
+        stats.invalid_accepted += 1
+        stats.problem(f"{device.device_name}: invalid report accepted ({broken})")
+    else:
+        stats.accepted += 1
 
 
 async def run_all(
@@ -502,11 +556,12 @@ async def run_all(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    start = time.monotonic()
-    stats.started = start
+    stats.devices = len(devices)
+    stats.started = time.monotonic()
+    gate = StartGate(len(devices), stats)
+    connecting = asyncio.Semaphore(CONNECT_CONCURRENCY)
     tasks = [
-        asyncio.create_task(run_device(i, d, model, plan, stats, start, stop, len(devices)))
-        for i, d in enumerate(devices)
+        asyncio.create_task(run_device(i, d, model, plan, stats, gate, connecting, stop)) for i, d in enumerate(devices)
     ]
     total = plan.count * len(devices) if plan.count is not None else None
     dashboard = Dashboard(stats, info, total, plan.duration)
@@ -516,6 +571,8 @@ async def run_all(
         if isinstance(result, BaseException):
             stats.errors += 1
             stats.problem(f"simulated device crashed: {type(result).__name__}: {result}")
+    if stats.sent == 0:
+        stats.problem("no report was sent")
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.remove_signal_handler(sig)
