@@ -259,6 +259,33 @@ async def test_gateway_topology(store: Storage) -> None:
     assert child is not None and child.gateway_id is None
 
 
+async def test_maintain_prunes_old_registry_events_but_never_the_newest(store: Storage) -> None:
+    pk = await product(store)
+    seq = await store.last_registry_seq()
+    month_ago = NOW - 30 * DAY
+    rows = [
+        DeviceRow(id=0, product_key=pk, device_name=f"old-{i:04d}", secret="s", created_at=month_ago, updated_at=0)
+        for i in range(3)
+    ]
+    old = await store.insert_devices(rows)  # their "created" events carry the old creation time
+    await store.log_registry_event(0, f"model:{pk}")
+    newest = await store.last_registry_seq()
+    await store.maintain(NOW)
+    events = await store.registry_events_since(seq)
+    assert [(e.device_id, e.change) for e in events] == [(0, f"model:{pk}")]
+    assert await store.last_registry_seq() == newest
+    for d in old:  # only the log is pruned
+        assert await store.get_device_by_id(d.id) is not None
+    # the newest event stays even when it is old: sequence numbers must never start over
+    await store.insert_devices([DeviceRow(id=0, product_key=pk, device_name="old-last", secret="s", created_at=1)])
+    last = await store.last_registry_seq()
+    await store.maintain(NOW)
+    assert await store.last_registry_seq() == last
+    [new] = await devices(store, pk, "after-prune")
+    events = await store.registry_events_since(last)
+    assert [(e.device_id, e.change) for e in events] == [(new.id, "created")] and events[0].seq > last
+
+
 # -- ingest and device data -------------------------------------------------------------------
 async def test_write_batch_latest_history_messages_seen(store: Storage) -> None:
     pk = await product(store)

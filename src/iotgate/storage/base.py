@@ -20,6 +20,9 @@ from iotgate.forward.rows import (
     TargetStats,
 )
 
+REGISTRY_EVENTS_KEEP_MS = 7 * 24 * 3600 * 1000  # change-log rows older than this are pruned by maintain()
+REGISTRY_PRUNE_ROWS = 10_000  # at most this many per maintain() call
+
 
 class Conflict(Exception):
     """A unique key already exists, or a row is still referenced."""
@@ -284,7 +287,9 @@ class Storage(abc.ABC):
 
     # housekeeping (storage/retention.py drives these in the background)
     async def maintain(self, now: int) -> None:  # noqa: B027 - optional hook
-        """Periodic upkeep, e.g. create time partitions ahead of `now`. Default: nothing to do."""
+        """Periodic upkeep: prune the registry change log (nodes need only recent events: a starting node
+        begins at the newest, and the newest row always stays so that sequence numbers never restart);
+        create time partitions ahead of `now`. Default: nothing to do."""
 
     @abc.abstractmethod
     async def expire_step(self, cutoff_ms: int, max_rows: int) -> tuple[int, bool]:

@@ -36,6 +36,8 @@ from iotgate.auth.secretbox import SecretBox
 from iotgate.forward.rows import OutboxBatch
 from iotgate.forward.store_postgres import ForwardPostgres, write_outbox
 from iotgate.storage.base import (
+    REGISTRY_EVENTS_KEEP_MS,
+    REGISTRY_PRUNE_ROWS,
     AuditEntry,
     Conflict,
     DeviceRow,
@@ -238,7 +240,14 @@ class PostgresStorage(ForwardPostgres, Storage):
 
     # -- maintenance: partitions ahead, retention -----------------------------------------
     async def maintain(self, now: int) -> None:
-        """Create the monthly partitions from now's month to MONTHS_AHEAD months ahead."""
+        """Prune the registry change log (see Storage.maintain); create the monthly partitions from
+        now's month to MONTHS_AHEAD months ahead."""
+        await self.pool.execute(
+            "DELETE FROM registry_events WHERE seq IN (SELECT seq FROM registry_events WHERE at < $1 "
+            "AND seq < (SELECT MAX(seq) FROM registry_events) ORDER BY seq LIMIT $2)",
+            now - REGISTRY_EVENTS_KEEP_MS,
+            REGISTRY_PRUNE_ROWS,
+        )
         if self.layout != "partitioned":
             return
         day = dt.datetime.fromtimestamp(now / 1000, dt.UTC)

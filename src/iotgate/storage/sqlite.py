@@ -24,6 +24,8 @@ from iotgate.forward.rows import OutboxBatch
 from iotgate.forward.store_sqlite import ForwardSqlite, write_outbox
 from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS
 from iotgate.storage.base import (
+    REGISTRY_EVENTS_KEEP_MS,
+    REGISTRY_PRUNE_ROWS,
     AuditEntry,
     Conflict,
     DeviceRow,
@@ -744,7 +746,17 @@ class SqliteStorage(ForwardSqlite, Storage):
                     out[device] = at
         return out
 
-    # -- retention ------------------------------------------------------------------------
+    # -- housekeeping and retention ---------------------------------------------------------
+    async def maintain(self, now: int) -> None:
+        cutoff = now - REGISTRY_EVENTS_KEEP_MS
+        await self._write(
+            lambda c: c.execute(
+                "DELETE FROM registry_events WHERE seq IN (SELECT seq FROM registry_events WHERE at < ? "
+                "AND seq < (SELECT MAX(seq) FROM registry_events) ORDER BY seq LIMIT ?)",
+                (cutoff, REGISTRY_PRUNE_ROWS),
+            )
+        )
+
     _expire_cursor = 0  # history is walked device by device (index device_id, ts); resumes here
 
     async def expire_step(self, cutoff_ms: int, max_rows: int) -> tuple[int, bool]:
