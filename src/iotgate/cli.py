@@ -395,5 +395,9 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
+    # `python -m iotgate.cli` runs this file as `__main__`; plug-in commands import `iotgate.cli`.
+    # Run the imported module's main so both see the same CliError class.
+    from iotgate import cli as _cli
+
     logging.basicConfig()
-    main()
+    _cli.main()

@@ -1,0 +1,5 @@
+"""`python -m iotgate`: the iotgate command."""
+
+from iotgate.cli import main
+
+main()
