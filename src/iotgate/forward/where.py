@@ -66,6 +66,7 @@ class Token(msgspec.Struct, array_like=True):
 
 
 _NUMBER = re.compile(r"(?:\d+\.\d*|\.\d+|\d+)(?:[eE][+-]?\d+)?")
+_DIGITS = re.compile(r"\d+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SPACE = re.compile(r"\s+")
 
@@ -79,7 +80,16 @@ def tokenize(text: str) -> list[Token]:
         if m:
             i = m.end()
             continue
-        if ch.isdigit() or (ch == "." and i + 1 < n and text[i + 1].isdigit()):
+        prev = out[-1] if out else None
+        after_name = prev is not None and prev.kind in ("name", "qname") and prev.pos + len(prev.text) == i
+        in_path = prev is not None and prev.kind == "op" and prev.value == "."
+        if in_path and ch.isdigit():  # a list index in a path: samples.0
+            m = _DIGITS.match(text, i)
+            assert m is not None
+            out.append(Token("num", m.group(), int(m.group()), i))
+            i = m.end()
+            continue
+        if ch.isdigit() or (ch == "." and not after_name and i + 1 < n and text[i + 1].isdigit()):
             m = _NUMBER.match(text, i)
             assert m is not None
             end = m.end()
@@ -358,10 +368,12 @@ class Parser:
             start = t.pos
             while self.is_op("."):
                 self.advance()
-                if self.tok.kind not in ("name", "qname", "kw"):
+                if self.tok.kind not in ("name", "qname", "kw") and not (
+                    self.tok.kind == "num" and isinstance(self.tok.value, int)
+                ):
                     raise self.fail("a name after '.'")
                 part = self.advance()
-                path.append(part.text if part.kind == "kw" else str(part.value))
+                path.append(part.text if part.kind in ("kw", "num") else str(part.value))
             return Field(path, start)
         raise self.fail(expected)
 

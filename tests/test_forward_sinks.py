@@ -1,0 +1,347 @@
+"""Each sink against the real service on this machine: webhook (local receiver), Mosquitto, NATS
+JetStream, RabbitMQ, Redis. Delivery, order, metadata, and how failures are classified."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from iotgate.forward.rows import OutboxRow
+from iotgate.forward.sinks import DeliveryError, Sink, make_sink
+from iotgate.forward.targets import parse_target
+from test_forward_receiver import WebhookReceiver, free_port, service_up
+
+
+def rows(n: int, devices: int = 2, target: int = 7) -> list[OutboxRow]:
+    return [
+        OutboxRow(
+            target_id=target,
+            device_id=i % devices,
+            message_id=1000 + i,
+            product_key="a1B2c3D4e5F",
+            device_name=f"hall.{i % devices:02d}",
+            source="property",
+            identifier="property",
+            topic=f"/sys/a1B2c3D4e5F/hall.{i % devices:02d}/thing/event/property/post",
+            content_type="application/json",
+            body=json.dumps({"seq": i, "device": i % devices}).encode(),
+            created_at=0,
+        )
+        for i in range(n)
+    ]
+
+
+def sink(doc: dict[str, Any]) -> Sink:
+    return make_sink(parse_target(doc, "target"), 7, 3, 8)
+
+
+async def deliver_all(s: Sink, batch: list[OutboxRow]) -> None:
+    """As the worker does: devices in parallel, each device in order."""
+    by_device: dict[int, list[OutboxRow]] = {}
+    for r in batch:
+        by_device.setdefault(r.device_id, []).append(r)
+    results = await asyncio.gather(*(s.send_ordered(v) for v in by_device.values()))
+    for (done, error), v in zip(results, by_device.values(), strict=True):
+        assert error is None and done == len(v), error
+
+
+def need(port: int, name: str) -> None:
+    if not service_up(port):
+        pytest.skip(f"{name} is not running on 127.0.0.1:{port}")
+
+
+# -- webhook --------------------------------------------------------------------------------------
+@pytest.fixture
+def receiver() -> Any:
+    r = WebhookReceiver().start()
+    yield r
+    r.stop()
+
+
+async def test_webhook_posts_signed_json_in_order(receiver: WebhookReceiver) -> None:
+    s = sink({"type": "webhook", "url": receiver.url, "secret": "k3y", "headers": {"X-Tenant": "blue"}})
+    batch = rows(40)
+    await deliver_all(s, batch)
+    await s.close()
+    assert receiver.count() == 40
+    for device in (0, 1):
+        seqs = [b["seq"] for b in receiver.bodies() if b["device"] == device]
+        assert seqs == sorted(seqs) and len(seqs) == 20
+    headers, body = receiver.records[0]
+    expected = "sha256=" + hmac.new(b"k3y", body, hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(headers["x-iotgate-signature"], expected)
+    first = next(r for r in batch if r.body == body)
+    assert headers["content-type"] == "application/json"
+    assert headers["x-iotgate-product-key"] == "a1B2c3D4e5F"
+    assert headers["x-iotgate-device-name"] == first.device_name
+    assert headers["x-iotgate-delivery-id"] == f"{first.message_id}-7"
+    assert headers["x-iotgate-rule-id"] == "3" and headers["x-tenant"] == "blue"
+
+
+async def test_webhook_failures_are_classified() -> None:
+    refused = sink({"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook", "timeoutS": 2})
+    with pytest.raises(DeliveryError) as info:
+        await refused.send(rows(1)[0])
+    assert not info.value.uncertain and "cannot connect" in str(info.value)
+    await refused.close()
+
+    rejecting = WebhookReceiver(status=503).start()
+    try:
+        s = sink({"type": "webhook", "url": rejecting.url})
+        done, error = await s.send_ordered(rows(3, devices=1))
+        assert done == 0 and error is not None and not error.uncertain and "HTTP 503" in str(error)
+        await s.close()
+    finally:
+        rejecting.stop()
+
+    slow = WebhookReceiver(delay=1.5).start()
+    try:
+        s = sink({"type": "webhook", "url": slow.url, "timeoutS": 0.3})
+        with pytest.raises(DeliveryError) as info:
+            await s.send(rows(1)[0])
+        assert info.value.uncertain  # it may well have arrived
+        await s.close()
+    finally:
+        slow.stop()
+
+
+# -- MQTT -----------------------------------------------------------------------------------------
+async def test_mqtt_publishes_qos1_with_user_properties() -> None:
+    need(1883, "Mosquitto")
+    import aiomqtt
+
+    prefix = f"fwtest-{secrets.token_hex(4)}"
+    s = sink({"type": "mqtt", "url": "mqtt://127.0.0.1:1883", "topic": prefix + "/{productKey}/{deviceName}"})
+    got: list[aiomqtt.Message] = []
+    async with aiomqtt.Client("127.0.0.1", 1883, protocol=aiomqtt.ProtocolVersion.V5) as sub:
+        await sub.subscribe(f"{prefix}/#", qos=1)
+        await deliver_all(s, rows(30))
+
+        async def read() -> None:
+            async for m in sub.messages:
+                got.append(m)
+                if len(got) == 30:
+                    return
+
+        await asyncio.wait_for(read(), 10)
+    await s.close()
+    for device in (0, 1):
+        seqs = [json.loads(bytes(m.payload))["seq"] for m in got if str(m.topic).endswith(f"hall.{device:02d}")]  # type: ignore[arg-type]
+        assert seqs == list(range(device, 30, 2))
+    first = got[0]
+    assert str(first.topic).startswith(f"{prefix}/a1B2c3D4e5F/hall.0")
+    assert first.qos == 1
+    props = dict(first.properties.UserProperty)  # type: ignore[union-attr]
+    assert props["productKey"] == "a1B2c3D4e5F" and props["source"] == "property"
+    assert props["deliveryId"].endswith("-7")
+
+
+async def test_mqtt_unreachable_broker() -> None:
+    s = sink({"type": "mqtt", "url": f"mqtt://127.0.0.1:{free_port()}", "topic": "x", "timeoutS": 2})
+    with pytest.raises(DeliveryError) as info:
+        await s.send(rows(1)[0])
+    assert not info.value.uncertain
+    await s.close()
+
+
+# -- NATS JetStream ----------------------------------------------------------------------------------
+@pytest.fixture
+async def nats_stream() -> AsyncIterator[tuple[str, str]]:
+    need(4222, "NATS")
+    import nats
+
+    name = f"FWTEST_{secrets.token_hex(4).upper()}"
+    prefix = f"fwtest{secrets.token_hex(3)}"
+    yield name, prefix
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    with contextlib.suppress(Exception):
+        await nc.jetstream().delete_stream(name)
+    await nc.close()
+
+
+async def test_nats_creates_the_stream_and_is_acked(nats_stream: tuple[str, str]) -> None:
+    import nats
+
+    stream, prefix = nats_stream
+    s = sink(
+        {
+            "type": "nats",
+            "url": "nats://127.0.0.1:4222",
+            "subject": prefix + ".{productKey}.{deviceName}",
+            "stream": stream,
+            "createStream": True,
+        }
+    )
+    batch = rows(20)
+    await deliver_all(s, batch)
+    await s.send(batch[0])  # a redelivery within the duplicate window: JetStream keeps one copy
+    await s.close()
+    nc = await nats.connect("nats://127.0.0.1:4222")
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    assert info.config.subjects == [f"{prefix}.*.*"]
+    assert info.state.messages == 20
+    sub = await js.pull_subscribe(f"{prefix}.>", durable=None, stream=stream)
+    msgs = await sub.fetch(20, timeout=5)
+    await nc.close()
+    # "hall.00": the dot in a value becomes _ so the subject keeps its tokens
+    by_subject: dict[str, list[int]] = {}
+    for m in msgs:
+        by_subject.setdefault(m.subject, []).append(json.loads(m.data)["seq"])
+    assert by_subject == {
+        f"{prefix}.a1B2c3D4e5F.hall_00": list(range(0, 20, 2)),
+        f"{prefix}.a1B2c3D4e5F.hall_01": list(range(1, 20, 2)),
+    }
+    assert msgs[0].headers is not None and msgs[0].headers["Iotgate-Product-Key"] == "a1B2c3D4e5F"
+
+
+async def test_nats_without_a_stream_fails() -> None:
+    need(4222, "NATS")
+    s = sink(
+        {"type": "nats", "url": "nats://127.0.0.1:4222", "subject": f"nostream{secrets.token_hex(4)}.x", "timeoutS": 2}
+    )
+    with pytest.raises(DeliveryError) as info:
+        await s.send(rows(1)[0])
+    assert "no JetStream stream" in str(info.value) and not info.value.uncertain
+    await s.close()
+
+
+# -- RabbitMQ -------------------------------------------------------------------------------------
+async def test_amqp_publisher_confirms_and_unroutable() -> None:
+    need(5672, "RabbitMQ")
+    import aio_pika
+
+    exchange = f"fwtest-{secrets.token_hex(4)}"
+    s = sink(
+        {
+            "type": "amqp",
+            "url": "amqp://guest:guest@127.0.0.1:5672/",
+            "exchange": exchange,
+            "declareExchange": True,
+            "routingKey": "iot.{productKey}.{deviceName}",
+        }
+    )
+    conn = await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/")
+    try:
+        ch = await conn.channel()
+        # nothing bound yet: mandatory publishing reports the message as not routable
+        with pytest.raises(DeliveryError) as info:
+            await s.send(rows(1)[0])
+        assert "NO_ROUTE" in str(info.value) and not info.value.uncertain
+        ex = await ch.get_exchange(exchange)
+        queue = await ch.declare_queue(exclusive=True)
+        await queue.bind(ex, "iot.a1B2c3D4e5F.*")
+        await deliver_all(s, rows(20))
+        got: list[aio_pika.abc.AbstractIncomingMessage] = []
+        for _ in range(200):
+            m = await queue.get(fail=False)
+            if m is None:
+                if len(got) == 20:
+                    break
+                await asyncio.sleep(0.02)
+                continue
+            got.append(m)
+        assert len(got) == 20
+        keys: dict[str, list[int]] = {}
+        for m in got:
+            keys.setdefault(m.routing_key or "", []).append(json.loads(m.body)["seq"])
+        assert keys == {
+            "iot.a1B2c3D4e5F.hall_00": list(range(0, 20, 2)),
+            "iot.a1B2c3D4e5F.hall_01": list(range(1, 20, 2)),
+        }
+        first = next(m for m in got if m.message_id == "1000-7")  # devices run in parallel
+        assert first.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+        assert first.message_id == "1000-7" and first.content_type == "application/json"
+        assert first.headers["deviceName"] == "hall.00"
+        await ch.exchange_delete(exchange)
+    finally:
+        await s.close()
+        await conn.close()
+
+
+async def test_amqp_missing_exchange_and_bad_credentials() -> None:
+    need(5672, "RabbitMQ")
+    s = sink(
+        {
+            "type": "amqp",
+            "url": "amqp://guest:guest@127.0.0.1:5672/",
+            "exchange": "nope-" + secrets.token_hex(4),
+            "routingKey": "x",
+        }
+    )
+    with pytest.raises(DeliveryError, match="NOT_FOUND"):
+        await s.send(rows(1)[0])
+    await s.close()
+    s = sink({"type": "amqp", "url": "amqp://guest:wrong@127.0.0.1:5672/", "routingKey": "x", "timeoutS": 5})
+    with pytest.raises(DeliveryError) as info:
+        await s.send(rows(1)[0])
+    assert "cannot connect" in str(info.value) and "wrong" not in str(info.value)  # the password stays out of logs
+    await s.close()
+
+
+# -- Redis Streams --------------------------------------------------------------------------------
+async def test_redis_xadd_in_order_and_trimmed() -> None:
+    need(6379, "Redis")
+    import redis.asyncio as aioredis
+
+    key = f"fwtest:{secrets.token_hex(4)}"
+    s = sink({"type": "redis", "url": "redis://127.0.0.1:6379/0", "stream": key + ":{productKey}"})
+    trimmed = sink(
+        {
+            "type": "redis",
+            "url": "redis://127.0.0.1:6379/0",
+            "stream": key + ":small",
+            "maxlen": 5,
+            "approximate": False,
+        }
+    )
+    r = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        await deliver_all(s, rows(20))
+        entries = await r.xrange(f"{key}:a1B2c3D4e5F")
+        assert len(entries) == 20
+        seqs = {0: [], 1: []}  # type: dict[int, list[int]]
+        for _, fields in entries:
+            doc = json.loads(fields[b"data"])
+            seqs[doc["device"]].append(doc["seq"])
+        assert seqs == {0: list(range(0, 20, 2)), 1: list(range(1, 20, 2))}
+        fields = next(f for _, f in entries if f[b"messageId"] == b"1000")  # devices run in parallel
+        assert fields[b"productKey"] == b"a1B2c3D4e5F" and fields[b"deviceName"] == b"hall.00"
+        assert fields[b"deliveryId"] == b"1000-7" and fields[b"contentType"] == b"application/json"
+        done, error = await trimmed.send_ordered(rows(12, devices=1))
+        assert (done, error) == (12, None)
+        assert await r.xlen(f"{key}:small") == 5
+    finally:
+        await r.delete(f"{key}:a1B2c3D4e5F", f"{key}:small")
+        await r.aclose()
+        await s.close()
+        await trimmed.close()
+
+
+async def test_redis_refusal_and_unreachable() -> None:
+    need(6379, "Redis")
+    import redis.asyncio as aioredis
+
+    key = f"fwtest:{secrets.token_hex(4)}"
+    r = aioredis.Redis.from_url("redis://127.0.0.1:6379/0")
+    await r.set(key, "not a stream")  # XADD to a string key: WRONGTYPE for that one entry
+    s = sink({"type": "redis", "url": "redis://127.0.0.1:6379/0", "stream": key})
+    try:
+        done, error = await s.send_ordered(rows(3, devices=1))
+        assert done == 0 and error is not None and "WRONGTYPE" in str(error) and not error.uncertain
+    finally:
+        await r.delete(key)
+        await r.aclose()
+        await s.close()
+    down = sink({"type": "redis", "url": f"redis://127.0.0.1:{free_port()}/0", "stream": "x", "timeoutS": 2})
+    done, error = await down.send_ordered(rows(1))
+    assert done == 0 and error is not None and not error.uncertain
+    await down.close()
