@@ -44,9 +44,9 @@ def check(verdict: object) -> None:
 
 
 async def test_sqlite_survives_sigkill_and_sigterm(tmp_path: Path) -> None:
-    check(await crash.run(tmp_path, None, kills=3, devices=30, connections=6, run_s=(0.3, 1.2), seed=1))
+    check(await crash.run(tmp_path, None, kills=3, devices=30, connections=6, run_s=(0.3, 0.8), seed=1))
 
 
-async def test_postgres_with_workers_survives_sigkill_and_sigterm(tmp_path: Path, pg_url: str) -> None:
-    verdict = await crash.run(tmp_path, pg_url, kills=3, devices=30, connections=6, run_s=(0.3, 1.2), workers=2, seed=2)
-    check(verdict)
+async def test_postgres_survives_sigkill_and_sigterm(tmp_path: Path, pg_url: str) -> None:
+    # one process here (worker kills are in test_postgres_e2e.py); `bench/crash.py --workers 2` for more
+    check(await crash.run(tmp_path, pg_url, kills=3, devices=30, connections=6, run_s=(0.3, 0.8), seed=2))

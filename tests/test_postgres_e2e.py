@@ -1,6 +1,6 @@
 """The seed flow end to end on PostgreSQL, served by two device-worker processes (`--workers 2`).
 
-The tests of test_e2e_seed.py are imported so they run again here, against this module's `server`.
+The seed test of test_e2e_seed.py is imported so it runs again here, against this module's `server`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from conftest import SEED_MODEL, Admin, ServerProcess
 from iotgate.auth.secretbox import SecretBox
 from iotgate.auth.signing import alink_auth_body
 from iotgate.ingest.ids import NODE_BITS, SEQ_BITS
-from test_e2e_seed import test_cli_product_and_device_verbs, test_seed_collector_end_to_end
+from test_e2e_seed import test_seed_collector_end_to_end
 
-__all__ = ["test_cli_product_and_device_verbs", "test_seed_collector_end_to_end"]  # collected here too
+__all__ = ["test_seed_collector_end_to_end"]  # collected here too
 MASTER_KEY = SecretBox.new_key()  # every process on this module's database shares it
 
 
@@ -110,20 +110,11 @@ def test_sqlite_refuses_more_than_one_worker(tmp_path: Path) -> None:
     assert "workers > 1 needs a shared database" in out.stderr.replace("\n", " ")
 
 
-def test_sigterm_stops_the_workers_with_the_server(tmp_path: Path, pg_url: str) -> None:
-    proc = ServerProcess(
-        tmp_path / "data",
-        "--database",
-        pg_url,
-        "--workers",
-        "2",
-        "--node-id",
-        "20",
-        env={"IOTGATE_MASTER_KEY": MASTER_KEY},
-    ).start()
-    assert proc.proc is not None
-    pids = worker_pids(proc.proc.pid)
+def test_sigterm_stops_the_workers_with_the_server(server: ServerProcess) -> None:
+    """Last in this module: it stops the module's server."""
+    assert server.proc is not None
+    pids = worker_pids(server.proc.pid)
     assert len(pids) == 2
-    assert proc.stop(signal.SIGTERM) == 0
+    assert server.stop(signal.SIGTERM) == 0
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
