@@ -13,7 +13,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
     (
         "0001-core",
         [
-        """CREATE TABLE products (
+            """CREATE TABLE products (
             product_key TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             node_type TEXT NOT NULL,
@@ -23,17 +23,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             rate_per_s DOUBLE PRECISION,
             created_at BIGINT NOT NULL,
             updated_at BIGINT NOT NULL)""",
-        """CREATE TABLE model_drafts (
+            """CREATE TABLE model_drafts (
             product_key TEXT PRIMARY KEY REFERENCES products(product_key) ON DELETE CASCADE,
             document TEXT NOT NULL,
             updated_at BIGINT NOT NULL)""",
-        """CREATE TABLE model_versions (
+            """CREATE TABLE model_versions (
             product_key TEXT NOT NULL REFERENCES products(product_key) ON DELETE CASCADE,
             version INTEGER NOT NULL,
             document TEXT NOT NULL,
             published_at BIGINT NOT NULL,
             PRIMARY KEY (product_key, version))""",
-        """CREATE TABLE devices (
+            """CREATE TABLE devices (
             id {serial} PRIMARY KEY,
             product_key TEXT NOT NULL REFERENCES products(product_key),
             device_name TEXT NOT NULL,
@@ -46,28 +46,28 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             created_at BIGINT NOT NULL,
             updated_at BIGINT NOT NULL,
             UNIQUE (product_key, device_name))""",
-        "CREATE INDEX devices_gateway ON devices (gateway_id)",
-        """CREATE TABLE registry_events (
+            "CREATE INDEX devices_gateway ON devices (gateway_id)",
+            """CREATE TABLE registry_events (
             seq {serial} PRIMARY KEY,
             device_id BIGINT NOT NULL,
             change TEXT NOT NULL,
             at BIGINT NOT NULL)""",
-        # One history row per report: a report's values stay together (one insert per report,
-        # not per data point); per-property queries read the device's rows in the time range.
-        """CREATE TABLE history (
+            # One history row per report: a report's values stay together (one insert per report,
+            # not per data point); per-property queries read the device's rows in the time range.
+            """CREATE TABLE history (
             message_id BIGINT PRIMARY KEY,
             device_id BIGINT NOT NULL,
             ts BIGINT NOT NULL,
             data TEXT NOT NULL)""",
-        "CREATE INDEX history_device_ts ON history (device_id, ts)",
-        """CREATE TABLE latest (
+            "CREATE INDEX history_device_ts ON history (device_id, ts)",
+            """CREATE TABLE latest (
             device_id BIGINT NOT NULL,
             identifier TEXT NOT NULL,
             value TEXT NOT NULL,
             ts BIGINT NOT NULL,
             message_id BIGINT NOT NULL,
             PRIMARY KEY (device_id, identifier))""",
-        """CREATE TABLE messages (
+            """CREATE TABLE messages (
             message_id BIGINT PRIMARY KEY,
             device_id BIGINT NOT NULL,
             kind TEXT NOT NULL,
@@ -77,8 +77,8 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             identifier TEXT NOT NULL DEFAULT '',
             payload {blob} NOT NULL,
             detail TEXT NOT NULL DEFAULT '')""",
-        "CREATE INDEX messages_device ON messages (device_id, message_id)",
-        """CREATE TABLE device_seen (
+            "CREATE INDEX messages_device ON messages (device_id, message_id)",
+            """CREATE TABLE device_seen (
             device_id BIGINT PRIMARY KEY,
             last_seen BIGINT NOT NULL)""",
         ],
