@@ -118,9 +118,7 @@ class ServerProcess:
         return code
 
     def admin(self) -> httpx.Client:
-        return httpx.Client(
-            base_url=self.admin_url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30
-        )
+        return httpx.Client(base_url=self.admin_url, headers={"Authorization": f"Bearer {self.admin_key}"}, timeout=30)
 
     def device_client(self, **kw: Any) -> httpx.Client:
         return httpx.Client(base_url=self.device_url, verify=self.plain, timeout=30, **kw)
