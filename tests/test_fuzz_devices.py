@@ -211,7 +211,12 @@ def mutate(doc: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 def encode(draw: st.DrawFn, doc: Any) -> bytes:
     raw = json.dumps(doc).encode()
-    how = draw(st.sampled_from(["json", "json", "json", "nul", "truncate", "bytes"]))
+    how = draw(st.sampled_from(["json", "json", "json", "nul", "truncate", "bytes", "badutf8", "deep"]))
+    if how == "badutf8":  # invalid UTF-8 inside a JSON string
+        return raw.replace(b'"', b'"\xd8\xff', 1) if b'"' in raw else b'"\xc3"'
+    if how == "deep":  # nesting deeper than any decoder's recursion limit
+        depth = draw(st.sampled_from([1000, 20000]))
+        return b'{"params":' + b"[" * depth + b"]" * depth + b"}"
     if how == "nul":
         return raw + b"\x00"
     if how == "truncate":

@@ -103,3 +103,13 @@ def test_docs_page_is_self_contained(srv: ServerProcess) -> None:
     assert "/api/v1/openapi.json" in html and "<script>" in html
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", html), "the docs page loads nothing from outside"
     assert "default-src 'self'" in r.headers["content-security-policy"]
+
+
+def test_undecodable_bodies_are_422_not_500(srv: ServerProcess) -> None:
+    """Bodies a JSON generator never produces: invalid UTF-8 inside a string, nesting past any recursion limit."""
+    with srv.admin() as client:
+        for raw in (b'{"name": "\xd8\xff"}', b'"\xc3"', b"[" * 100000 + b"]" * 100000):
+            for method, path in (("POST", "/api/v1/products"), ("PUT", "/api/v1/products/x/thing-model")):
+                r = client.request(method, path, content=raw, headers={"Content-Type": "application/json"})
+                assert r.status_code == 422, (path, raw[:20], r.text)
+                assert r.json()["error"]["code"] == "invalid_json"

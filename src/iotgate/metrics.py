@@ -207,7 +207,7 @@ def http_refusal(path: str, resp: Response, limit: str) -> Response:
 def _reason(resp: Response) -> str:
     try:
         doc = msgspec.json.decode(resp.body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return clean(resp.body.decode("utf-8", "replace"), 300)
     text = (doc.get("message") or doc.get("error_msg") or "") if isinstance(doc, dict) else ""
     return clean(str(text), 300)
@@ -231,7 +231,7 @@ def _device_of(req: Request, dialect: str, endpoint: str) -> str:
     if endpoint in ("auth", "device-auth"):
         try:
             doc = msgspec.json.decode(req.body.rstrip(b"\x00"))
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return ""
         if not isinstance(doc, dict):
             return ""

@@ -50,7 +50,7 @@ async def body_json(request: Request) -> Any:
         raise ApiError(422, "invalid", "request body is empty; send a JSON document")
     try:
         return msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
 
 

@@ -238,7 +238,7 @@ def _reply_ids(body: bytes, out: dict[str, str]) -> None:
         return
     try:
         doc = msgspec.json.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return
     if isinstance(doc, dict):
         for key in ("productKey", "deviceName"):

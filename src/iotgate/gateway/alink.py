@@ -71,7 +71,7 @@ def _strip_nul(body: bytes) -> bytes:
 def _json_object(body: bytes, what: str) -> dict[str, Any]:
     try:
         doc = _decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise AlinkError(PARAM_ERROR, f"param error: {what} is not valid JSON ({_clip(str(exc), 80)})") from None
     except RecursionError:  # msgspec's answer to very deep nesting
         raise AlinkError(PARAM_ERROR, f"param error: {what} is nested too deeply") from None

@@ -109,7 +109,7 @@ def parse_event_time(value: object) -> int | None:
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         doc = _decode(body.rstrip(b"\x00"))
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise invalid(f"body is not valid JSON ({_clip(str(exc), 120)})") from None
     if not isinstance(doc, dict):
         raise invalid("body must be a JSON object")
