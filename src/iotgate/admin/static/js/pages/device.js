@@ -10,6 +10,7 @@ import { showCredentials } from './devices.js';
 import { snippetBox } from '../snippets.js';
 
 const NUMBER = ['int32', 'int64', 'float', 'double'];
+const HISTORY_LIMIT = 5000;
 const KIND_LABELS = { rejected: 'Rejected', event: 'Event', message: 'Raw message', deviceinfo: 'Device info', ota: 'OTA' };
 const RANGES = [
   { value: '900000', label: 'Last 15 minutes' },
@@ -249,7 +250,7 @@ async function historyTab(panel, { path, pk, dn, types }) {
     if (t0 > t1) { setError(to, '“To” must be after “From”.'); return; }
     append(clear(out), h('p.muted', 'Loading…'));
     try {
-      const results = await Promise.all(props.map((p) => get(`${path}/properties/${enc(p.identifier)}/history` + qs({ from: Math.floor(t0), to: Math.ceil(t1), limit: 5000 }))));
+      const results = await Promise.all(props.map((p) => get(`${path}/properties/${enc(p.identifier)}/history` + qs({ from: Math.floor(t0), to: Math.ceil(t1), limit: HISTORY_LIMIT }))));
       data = {};
       props.forEach((p, i) => { data[p.identifier] = results[i].items.slice().reverse(); });
     } catch (err) {
@@ -269,7 +270,7 @@ async function historyTab(panel, { path, pk, dn, types }) {
           ? lineChart({ series: [{ name: p.name || p.identifier, points: points.map((x) => [x.time, Number(x.value)]) }], from: t0, to: t1, unit: p.unit || '', width: 560, height: 240, compact: true, label: `${p.name} from ${fmtTime(t0)} to ${fmtTime(t1)}: ${points.length} values` })
           : table([{ label: 'Time', cell: (x) => fmtTime(x.time, true) }, { label: 'Value', cell: (x) => formatValue(x.value) }], points.slice(-50).reverse());
       append(grid, h('section.panel', { dataset: { history: p.identifier } },
-        h('div.panel-head', h('h2', p.name || p.identifier, ' ', h('span.muted.small', `${points.length} value${points.length === 1 ? '' : 's'}`)),
+        h('div.panel-head', h('h2', p.name || p.identifier, ' ', h('span.muted.small', points.length >= HISTORY_LIMIT ? `newest ${HISTORY_LIMIT} values; narrow the range for all` : `${points.length} value${points.length === 1 ? '' : 's'}`)),
           h('button.btn-small', { type: 'button', 'aria-label': `Download ${p.identifier} as CSV`, onclick: () => csv([p]) }, 'CSV')),
         body));
     }
