@@ -203,3 +203,34 @@ def _wait_for_lines(srv: ServerProcess, match, count: int) -> list[dict]:  # typ
             assert len(lines) >= count, json.dumps(log_lines(srv)[-20:], indent=1)
             return lines
         time.sleep(0.1)
+
+
+def test_outbox_depth_per_forwarding_target(srv: ServerProcess, adm: Admin) -> None:
+    """A forwarding target that cannot be reached keeps its messages in the outbox: the gauge shows them."""
+    pk = adm.product(SEED_MODEL)
+    dev = adm.device(pk, "forwarded")
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    r = adm.c.post(
+        "/api/v1/rules",
+        json={
+            "name": "ops-depth",
+            "source": "property",
+            "productKey": pk,
+            "targets": [{"type": "webhook", "url": f"http://127.0.0.1:{dead_port}/hook"}],
+        },
+    )
+    assert r.status_code == 201, r.text
+    with srv.device_client() as device:
+        token = alink_token(device, pk, "forwarded", dev["deviceSecret"])
+        for t in (1, 2, 3):
+            assert post_props(device, token, pk, "forwarded", {"temperature": t})["code"] == 0
+    deadline = time.monotonic() + 15
+    while True:
+        depths = [(lab, v) for n, lab, v in scrape(srv).samples if n == "iotgate_outbox_depth"]
+        mine = [v for lab, v in depths if lab.get("target", "").startswith("ops-depth/")]
+        if (mine and mine[0] >= 3) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert mine == [3.0], depths
