@@ -132,11 +132,11 @@ class Server:
             out += [Device(d["productKey"], d["deviceName"], d["deviceSecret"], d["deviceId"]) for d in doc["devices"]]
         return out
 
-    def direct_devices(self, count: int) -> list[Device]:
-        key = f"direct:{count}"
+    def direct_devices(self, count: int, prefix: str = "bench") -> list[Device]:
+        key = f"direct:{prefix}:{count}"
         if key not in self._devices:
             pk = self.product("direct", "direct", BENCH_MODEL)
-            self._devices[key] = self.create_devices(pk, "bench", count)
+            self._devices[key] = self.create_devices(pk, prefix, count)
         return self._devices[key]
 
     def gateways(self, count: int, children: int) -> list[Device]:

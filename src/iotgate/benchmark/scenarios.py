@@ -11,6 +11,7 @@ from iotgate.benchmark.provision import Device, Server
 from iotgate.benchmark.wrk import http_request
 
 ALINK_OK = '"code":0'
+AUTH_DEVICES = 8192  # the auth scenario rotates over this many devices (per-device auth rate limit)
 IOTDA_BAD = '"error_code"'
 
 
@@ -162,5 +163,6 @@ def build(
         server.iotda_auth(gateways)
         return iotda_gateway_reports(server, gateways, max(1, variants // 4), per_child)
     if name == "auth":
-        return alink_auths(server, server.direct_devices(devices))
+        # a device may authenticate only a few times a second (auth_rate_per_s): spread over many
+        return alink_auths(server, server.direct_devices(max(devices, AUTH_DEVICES), prefix="auth"))
     raise ValueError(f"unknown scenario {name!r}; choose from {', '.join(SCENARIOS)}")
