@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,33 @@ class AdminClient:
         return resp.json()
 
 
+# Millisecond timestamps the API returns; tables show them in local time (--json keeps the numbers).
+TIME_FIELDS = frozenset({"time", "receivedAt", "lastSeen", "createdAt", "updatedAt", "publishedAt", "at", "deadAt"})
+
+
+def time_cell(column: str, value: Any) -> str | None:
+    """A millisecond timestamp column as local date and time, else None."""
+    if column in TIME_FIELDS and isinstance(value, int) and not isinstance(value, bool) and value > 10**11:
+        return datetime.fromtimestamp(value / 1000).isoformat(sep=" ", timespec="milliseconds")
+    return None
+
+
+def print_field(data: Any, field: str) -> None:
+    """`--field NAME`: only that field's value (one line per item of a list), for shell scripts."""
+    rows = data.get("items", data) if isinstance(data, dict) else data
+    for row in [rows] if isinstance(rows, dict) else rows:
+        if not isinstance(row, dict) or field not in row:
+            raise CliError(
+                f"no field {field!r} in the result (fields: {', '.join(row) if isinstance(row, dict) else '-'})"
+            )
+        value = row[field]
+        print(value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+
+
 def output(args: argparse.Namespace, data: Any, columns: list[str] | None = None, title: str = "") -> None:
+    if getattr(args, "field", None):
+        print_field(data, args.field)
+        return
     if args.json or columns is None:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return
@@ -72,13 +99,16 @@ def output(args: argparse.Namespace, data: Any, columns: list[str] | None = None
     for col in columns:
         table.add_column(col)
     for row in rows:
-        table.add_row(*["" if row.get(c) is None else str(row.get(c)) for c in columns])
+        table.add_row(*["" if row.get(c) is None else time_cell(c, row[c]) or str(row[c]) for c in columns])
     console.print(table)
     if isinstance(data, dict) and "total" in data:
         console.print(f"{len(rows)} of {data['total']}")
 
 
 def show_record(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if getattr(args, "field", None):
+        print_field(data, args.field)
+        return
     if args.json:
         print(json.dumps(data, indent=2, ensure_ascii=False))
         return
@@ -86,7 +116,8 @@ def show_record(args: argparse.Namespace, data: dict[str, Any]) -> None:
     table.add_column("field", style="bold")
     table.add_column("value")
     for key, value in data.items():
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        shown = time_cell(key, value) or (value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+        table.add_row(key, shown)
     console.print(table)
 
 
@@ -129,7 +160,8 @@ def product_cmd(args: argparse.Namespace) -> None:
             params={"format": args.format},
             json=doc,
         )
-        console.print(f"imported {args.format} model into the draft of {args.product_key}; publish it to use it")
+        hint = "" if args.publish else "; publish it to use it"
+        err.print(f"imported {args.format} model into the draft of {args.product_key}{hint}")
         if args.publish:
             show_record(args, api.call("POST", f"/api/v1/products/{args.product_key}/thing-model/publish"))
     elif verb == "export-model":
@@ -226,7 +258,7 @@ def device_cmd(args: argparse.Namespace) -> None:
         output(
             args,
             api.call("GET", f"{one}/messages", params=params),
-            ["messageId", "kind", "topic", "reason", "payload"],
+            ["time", "kind", "topic", "reason", "payload"],
         )
 
 
@@ -287,6 +319,12 @@ def add_client_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
+def add_field_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--field", metavar="NAME", help="print only this field of the result, e.g. productKey (one line per item)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iotgate", description="Self-hosted IoT device-access platform")
     parser.add_argument("--version", action="version", version=f"iotgate {__version__}")
@@ -323,8 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="iotgate", choices=["iotgate", "alibaba", "huawei"])
     p.add_argument("--version", default="latest", help="draft, latest or a version number")
     p.add_argument("-o", "--output")
-    for p in product.choices.values():
+    for name, p in product.choices.items():
         add_client_flags(p)
+        if name not in ("delete", "export-model"):
+            add_field_flag(p)
         p.set_defaults(func=product_cmd)
 
     device = sub.add_parser("device", help="manage devices").add_subparsers(dest="verb", required=True)
@@ -356,8 +396,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("device_name")
     p.add_argument("--kind", help="comma-separated: message,event,rejected,deviceinfo,ota")
     p.add_argument("--limit", type=int, default=50)
-    for p in device.choices.values():
+    for name, p in device.choices.items():
         add_client_flags(p)
+        if name not in ("delete",):
+            add_field_flag(p)
         p.set_defaults(func=device_cmd)
 
     for register in _extra_commands():

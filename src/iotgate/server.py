@@ -305,7 +305,13 @@ class Platform:
             timeout_graceful_shutdown=5,
         )
         self.admin_server = EmbeddedUvicorn(config)
-        self._admin_task = asyncio.get_running_loop().create_task(self.admin_server.serve())
+        # Bind here: uvicorn would log a bind error and sys.exit(3) inside the task (a traceback, no clean error).
+        host, port = self.settings.admin_host, self.settings.admin_port
+        try:
+            admin_sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+        except OSError as exc:
+            raise OSError(exc.errno, f"admin listener: {exc.strerror}") from None
+        self._admin_task = asyncio.get_running_loop().create_task(self.admin_server.serve(sockets=[admin_sock]))
         while not self.admin_server.started:
             if self._admin_task.done():
                 self._admin_task.result()  # raises the bind error

@@ -23,7 +23,7 @@ from iotgate.model import (
     model_to_dict,
     parse_model,
 )
-from iotgate.registry.service import device_id_of
+from iotgate.registry.service import DEVICE_NAME_RE, device_id_of
 from iotgate.storage.base import DeviceRow, ProductRow, Record
 
 if TYPE_CHECKING:
@@ -296,6 +296,13 @@ async def create_device(request: Request) -> Response:
         doc = await body_object(request)
     unknown_fields(doc, {"deviceName", "nickname"})
     name = str_field(doc, "deviceName", False) or None
+    if name is not None and not DEVICE_NAME_RE.match(name):  # named as sent, not as the batch's devices[0]
+        raise ApiError(
+            422,
+            "invalid",
+            f"deviceName {name!r}: 4-32 characters of letters, digits and - _ . @ :",
+            [{"field": "deviceName", "reason": "pattern"}],
+        )
     p = platform(request)
     pk = request.path_params["product_key"]
     [row] = await p.registry.add_devices(pk, [name])
