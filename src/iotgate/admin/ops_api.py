@@ -191,26 +191,33 @@ class OpsMiddleware:
         audited = method in MUTATING and path.startswith("/api/")
         status = 500
         ids: dict[str, str] = {}
-        json_reply = False
+        held: Message | None = None  # an audited reply's start, sent once its audit row is written
+        written = False
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal status, json_reply
-            if message["type"] == "http.response.start":
+            nonlocal status, held, written
+            kind = message["type"]
+            if kind == "http.response.start":
                 status = message["status"]
-                json_reply = any(
-                    k == b"content-type" and v.startswith(b"application/json") for k, v in message["headers"]
-                )
-            elif audited and json_reply and message["type"] == "http.response.body" and not ids:
-                _reply_ids(message.get("body", b""), ids)
+                if audited and scope.get(ACTOR_KEY):
+                    held = message
+                    return
+            elif kind == "http.response.body" and held is not None:
+                # the row is written before the client sees the reply: what was acknowledged is audited
+                if not written:
+                    if any(k == b"content-type" and v.startswith(b"application/json") for k, v in held["headers"]):
+                        _reply_ids(message.get("body", b""), ids)
+                    await self._audit(scope, scope[ACTOR_KEY], method, path, status, ids)
+                    written = True
+                    await send(held)
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
             metrics.admin_request(method if method in _METHODS else "OTHER", status)
-            actor = scope.get(ACTOR_KEY)
-            if audited and actor:
-                await self._audit(scope, actor, method, path, status, ids)
+            if audited and scope.get(ACTOR_KEY) and not written:  # the app failed before replying
+                await self._audit(scope, scope[ACTOR_KEY], method, path, status, ids)
 
     async def _audit(self, scope: Scope, actor: str, method: str, path: str, status: int, ids: dict[str, str]) -> None:
         client = scope.get("client")
