@@ -58,6 +58,10 @@ def now_ms() -> int:
 
 
 class SqliteStorage(ForwardSqlite, Storage):
+    # write_batch submits to the writer thread before its first await: the Ingestor may start
+    # commits from inside a loop pass (ingest/pipeline.py, _drive)
+    eager_commit = True
+
     def __init__(self, path: Path, synchronous: str = "FULL", secret_box: SecretBox | None = None) -> None:
         self.path = path
         self.synchronous = synchronous.upper()

@@ -1,0 +1,82 @@
+"""Group commit over SQLite: commits start from submit(), every caller learns its batch's fate."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from iotgate.ingest.ids import MessageIds
+from iotgate.ingest.pipeline import Ingestor, ShuttingDown
+from iotgate.storage.base import Record
+from iotgate.storage.sqlite import SqliteStorage
+
+IDS = MessageIds(3)
+
+
+def record(device: int, message_id: int | None = None) -> Record:
+    now = int(time.time() * 1000)
+    return Record(
+        message_id=message_id or IDS.next(), device_id=device, kind="property", ts=now, received_at=now, values={"t": 1}
+    )
+
+
+def history_count(path: Path) -> int:
+    with sqlite3.connect(path) as con:
+        return int(con.execute("SELECT COUNT(*) FROM history").fetchone()[0])
+
+
+async def test_reports_of_one_loop_pass_commit_while_the_pass_goes_on(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage)
+    ingestor.start()
+    committed: list[int] = []
+    ingestor.after_commit.append(lambda records: committed.extend(r.message_id for r in records))
+    try:
+        futures = [ingestor.submit(record(i % 7)) for i in range(300)]  # one loop pass
+        assert ingestor.batches == 0  # the first commit has started, nothing is acknowledged yet
+        await asyncio.gather(*futures)
+        assert ingestor.committed == 300 and ingestor.batches >= 2  # the rest waited for the first COMMIT
+        assert history_count(storage.path) == 300 and len(committed) == 300
+        assert committed == sorted(committed)  # batches commit in submission order
+    finally:
+        await ingestor.stop()
+        await storage.close()
+
+
+async def test_a_failed_batch_fails_exactly_its_reports(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage)
+    ingestor.start()
+    try:
+        duplicate = IDS.next()
+        await ingestor.submit(record(1, duplicate))
+        first = ingestor.submit(record(1))  # starts a commit of its own
+        clash = [ingestor.submit(record(2)), ingestor.submit(record(2, duplicate))]  # the next batch
+        await first
+        results = await asyncio.gather(*clash, return_exceptions=True)
+        assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
+        await ingestor.submit(record(3))  # the pipeline goes on
+        assert history_count(storage.path) == 3
+    finally:
+        await ingestor.stop()
+        await storage.close()
+
+
+async def test_stop_commits_what_is_pending_then_refuses(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage)
+    ingestor.start()
+    futures = [ingestor.submit(record(1)) for _ in range(50)]
+    await ingestor.stop()
+    assert all(f.done() and f.exception() is None for f in futures)
+    with pytest.raises(ShuttingDown):
+        ingestor.submit(record(1))
+    await storage.close()
+    assert history_count(tmp_path / "db.sqlite") == 50
