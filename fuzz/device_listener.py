@@ -200,7 +200,7 @@ class Harness:
             conn.data_received(stream[start : start + 4096])
         conn.eof_received()
         for _ in range(10000):  # let the handlers and the group commit finish
-            if not conn.in_flight:
+            if not conn.in_flight or (transport.closed and not conn._busy):  # answered, or closed unanswered
                 break
             await asyncio.sleep(0)
             await asyncio.sleep(0.0005)

@@ -40,10 +40,13 @@ async def slow_client(port: int, stop: asyncio.Event) -> tuple[str, float]:
         while time.monotonic() - started < GIVE_UP_S and not stop.is_set():
             done, _ = await asyncio.wait({read}, timeout=0.3)
             if done:
-                data = read.result()
-                if not data:
-                    return "closed", time.monotonic() - started
-                rest = await asyncio.wait_for(reader.read(), 5)  # the reply, then EOF
+                try:
+                    data = read.result()
+                    if not data:
+                        return "closed", time.monotonic() - started
+                    rest = await asyncio.wait_for(reader.read(), 5)  # the reply, then EOF
+                except ConnectionError:
+                    return "reset", time.monotonic() - started
                 return (data + rest).split(b"\r\n", 1)[0].decode(), time.monotonic() - started
             try:
                 writer.write(b"a")

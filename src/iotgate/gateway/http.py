@@ -348,7 +348,8 @@ class HttpConnection(asyncio.Protocol):
                 reason, limit = f"request body not received within {limits.body_timeout_s:g} s", "body_timeout"
             else:
                 reason, limit = f"request header not received within {limits.header_timeout_s:g} s", "header_timeout"
-            self._fail(self.server.app.timeout(self._path(), reason, limit))
+            # linger (LINGER_S) swallowing what still trickles in, so the client reads the 408, not a reset
+            self._fail(self.server.app.timeout(self._path(), reason, limit), discard=DISCARD_LIMIT)
             return
         if not self._failed:
             metrics.limit_hit("idle_timeout")
