@@ -38,7 +38,8 @@ async def test_reports_of_one_loop_pass_commit_while_the_pass_goes_on(tmp_path: 
     ingestor.after_commit.append(lambda records: committed.extend(r.message_id for r in records))
     try:
         futures = [ingestor.submit(record(i % 7)) for i in range(300)]  # one loop pass
-        assert ingestor.batches == 0  # the first commit has started, nothing is acknowledged yet
+        assert ingestor._draining  # the first EAGER_BATCH reports are being committed already
+        assert ingestor.batches == 0  # nothing is acknowledged before its COMMIT
         await asyncio.gather(*futures)
         assert ingestor.committed == 300 and ingestor.batches >= 2  # the rest waited for the first COMMIT
         assert history_count(storage.path) == 300 and len(committed) == 300
@@ -56,13 +57,29 @@ async def test_a_failed_batch_fails_exactly_its_reports(tmp_path: Path) -> None:
     try:
         duplicate = IDS.next()
         await ingestor.submit(record(1, duplicate))
-        first = ingestor.submit(record(1))  # starts a commit of its own
+        first = ingestor.submit(record(1))
+        await asyncio.sleep(0)  # end of the loop pass: its commit starts
         clash = [ingestor.submit(record(2)), ingestor.submit(record(2, duplicate))]  # the next batch
         await first
         results = await asyncio.gather(*clash, return_exceptions=True)
         assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
         await ingestor.submit(record(3))  # the pipeline goes on
         assert history_count(storage.path) == 3
+    finally:
+        await ingestor.stop()
+        await storage.close()
+
+
+async def test_a_few_reports_wait_for_the_end_of_the_pass_then_commit_together(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage)
+    ingestor.start()
+    try:
+        futures = [ingestor.submit(record(1)) for _ in range(3)]
+        assert not ingestor._draining
+        await asyncio.gather(*futures)
+        assert ingestor.batches == 1
     finally:
         await ingestor.stop()
         await storage.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -70,6 +71,7 @@ class Run:
     cpu_s_per_1k: float | None
     steal_pct: float
     rss_mb: float | None
+    load1: float = 0.0  # the machine's 1-minute load average after the run (other work on the box)
     sample: str = ""
 
     @property
@@ -177,6 +179,7 @@ def measure(
         cpu_s_per_1k=(cpu_used / result.requests * 1000) if cpu_used is not None and result.requests else None,
         steal_pct=steal_pct,
         rss_mb=rss() / 2**20 if rss else None,
+        load1=os.getloadavg()[0],
         sample=result.sample,
     )
 
@@ -346,6 +349,12 @@ def render(report: Report, console: Console) -> None:
     steal = [r.steal_pct for s in report.scenarios for r in s.runs]
     if steal and max(steal) > 5:
         console.print(f"[yellow]CPU steal up to {max(steal):.0f} % during some runs: treat those as noisy[/yellow]")
+    load = [r.load1 for s in report.scenarios for r in s.runs]
+    if load and max(load) > 3:
+        console.print(
+            f"[yellow]load average up to {max(load):.1f} on {os.cpu_count()} CPUs: other work shared the machine; "
+            "compare ratios and CPU per message, not absolute rates[/yellow]"
+        )
     if report.idle:
         i = report.idle
         console.print(

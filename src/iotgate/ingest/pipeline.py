@@ -24,6 +24,9 @@ CommitHook = Callable[[list[Record]], None]
 BatchEnricher = Callable[[list[Record]], Awaitable[None] | None]
 
 
+EAGER_BATCH = 16  # reports of one loop pass after which a commit starts at once (SQLite)
+
+
 class ShuttingDown(Exception):
     """The pipeline no longer accepts reports."""
 
@@ -56,6 +59,7 @@ class Ingestor:
         # start from submit() and overlap the rest of the loop pass (see _start_drain)
         self._eager = bool(getattr(storage, "eager_commit", False))
         self._draining = False
+        self._kick_soon = False
 
     def start(self) -> None:
         if not self._eager:
@@ -71,7 +75,11 @@ class Ingestor:
         self._pending.append((record, fut))
         if self._eager:
             if not self._draining:
-                self._start_drain()
+                if len(self._pending) >= EAGER_BATCH:  # a busy pass: commit these now, mid-pass
+                    self._start_drain()
+                elif not self._kick_soon:  # otherwise once this pass's handlers have run
+                    self._kick_soon = True
+                    loop.call_soon(self._kick)
             return fut
         self._wake.set()
         if len(self._pending) >= self.max_reports:
@@ -92,11 +100,16 @@ class Ingestor:
                 self._start_drain()
             await asyncio.sleep(0.005)
 
+    def _kick(self) -> None:
+        self._kick_soon = False
+        if self._pending and not self._draining:
+            self._start_drain()
+
     def _start_drain(self) -> None:
-        """Commit what is pending now, from inside this loop pass, instead of after it: the writer
-        thread's COMMIT (fsync) then overlaps the handling of the requests that arrived together
-        with this one, which queue up as the next batch. Natural group commit: the writer is never
-        idle while reports wait, batches grow with the fsync time, and no delay is needed."""
+        """Commit what is pending now. From submit() (EAGER_BATCH reports into a busy loop pass)
+        the writer thread's COMMIT (fsync) then overlaps the handling of the rest of the pass,
+        which queues up as the next batch. Natural group commit: the writer is never idle while
+        reports wait, batches grow with the fsync time, and no delay is needed."""
         self._draining = True
         _drive(self._drain())
 
