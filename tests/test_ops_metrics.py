@@ -234,3 +234,55 @@ def test_outbox_depth_per_forwarding_target(srv: ServerProcess, adm: Admin) -> N
             break
         time.sleep(0.2)
     assert mine == [3.0], depths
+
+
+def test_workers_requests_are_added_up(tmp_path: Path, pg_url: str) -> None:
+    """--workers 2 (PostgreSQL): device requests are answered by the worker processes; the main
+    process's /metrics adds their figures up, so every request is counted exactly once."""
+    from iotgate.auth.secretbox import SecretBox
+
+    srv = ServerProcess(
+        tmp_path / "data",
+        "--device-plain-http",
+        "--database",
+        pg_url,
+        "--workers",
+        "2",
+        env={"IOTGATE_MASTER_KEY": SecretBox.new_key()},
+    ).start()
+    try:
+        with srv.admin() as client:
+            adm = Admin(client)
+            pk = adm.product(SEED_MODEL)
+            dev = adm.device(pk, "worked")
+        before = scrape(srv)
+        sent = 0
+        for _ in range(8):  # new connections: SO_REUSEPORT spreads them over the workers
+            with srv.device_client() as device:
+                token = alink_token(device, pk, "worked", dev["deviceSecret"])
+                for t in range(3):
+                    assert post_props(device, token, pk, "worked", {"temperature": t})["code"] == 0
+                    sent += 1
+        deadline = time.monotonic() + 15
+        while True:  # the workers write their figures every second
+            after = scrape(srv)
+            got = after.value("iotgate_device_requests_total", endpoint="topic", result="0") - before.value(
+                "iotgate_device_requests_total", endpoint="topic", result="0"
+            )
+            if got >= sent or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert got == sent
+        assert (
+            after.value("iotgate_device_auth_total", outcome="success")
+            - before.value("iotgate_device_auth_total", outcome="success")
+            == 8
+        )
+        assert after.value("iotgate_data_points_total") - before.value("iotgate_data_points_total") == sent
+        assert after.value("iotgate_commit_batch_size_count") > before.value("iotgate_commit_batch_size_count")
+        assert after.has("iotgate_device_connections")
+        assert len([n for n, _, _ in after.samples if n == "iotgate_build_info"]) == 1  # not added up
+        snapshots = sorted(p.name for p in (srv.data_dir / "metrics").iterdir())
+        assert snapshots == ["worker-1.json", "worker-2.json"]
+    finally:
+        srv.stop()

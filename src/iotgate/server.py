@@ -127,6 +127,8 @@ class Platform:
         await self.forwarder.start()
         if self.worker:  # a worker process: the device side only
             await self._start_device_listener(reuse_port=True)
+            metrics.bind_platform(self)
+            self._tasks.append(metrics.start_worker_snapshots(self.data_dir, self.worker))  # added up in /metrics
             self.ready = True
             return
         if self.settings.workers > 1:
