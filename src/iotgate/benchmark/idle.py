@@ -7,10 +7,9 @@ import contextlib
 import resource
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
-
-from iotgate.benchmark.procstat import rss_bytes
 
 
 @dataclass
@@ -50,13 +49,13 @@ async def hold_idle(
     url: str,
     requests: list[bytes],
     count: int,
-    server_pid: int,
+    server_rss: Callable[[], int],
     concurrency: int = 100,
     settle_s: float = 2.0,
     on_open: object = None,
 ) -> IdleResult:
     """Open `count` TLS connections to `url`, send one request on each (round-robin over
-    `requests`), keep them all open and idle, then read the server's RSS."""
+    `requests`), keep them all open and idle, then read the server's RSS (`server_rss()`, bytes)."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 443
     ctx: ssl.SSLContext | None = None
@@ -66,7 +65,7 @@ async def hold_idle(
         ctx.verify_mode = ssl.CERT_NONE
     raise_nofile(count + 1000)
     await asyncio.sleep(settle_s)
-    rss_before = rss_bytes(server_pid)
+    rss_before = server_rss()
     writers: list[asyncio.StreamWriter] = []
     failed = 0
     gate = asyncio.Semaphore(concurrency)
@@ -92,7 +91,7 @@ async def hold_idle(
     await asyncio.gather(*(one(i) for i in range(count)))
     opened = time.monotonic() - started
     await asyncio.sleep(settle_s)
-    rss_after = rss_bytes(server_pid)
+    rss_after = server_rss()
     held = len(writers)
     for w in writers:
         w.close()

@@ -122,7 +122,7 @@ class Report:
     started: str
     options: dict[str, Any]
     scenarios: list[ScenarioResult] = field(default_factory=list)
-    idle: dict[str, Any] | None = None
+    idle: dict[str, dict[str, Any]] | None = None  # server -> idle-connection figures
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -278,28 +278,27 @@ def _run_scenarios(
             if pid is None:
                 report.notes.append("idle: skipped, the server's pid is unknown")
                 return
-            count = opts.idle_connections
-            idle_task = progress.add_task(f"idle: opening {count:,} TLS connections", total=count)
             direct = server.direct_devices(opts.devices)
             server.alink_auth(direct)
             workload = sc.alink_posts(server, direct, 1, close=False)
-            res: IdleResult = asyncio.run(
-                hold_idle(
-                    server.device_url,
-                    workload.requests,
-                    count,
-                    pid,
-                    on_open=lambda: progress.advance(idle_task),
+            sides: list[tuple[str, str, Callable[[], int]]] = [(IOTGATE, server.device_url, lambda: rss_bytes(pid))]
+            if nginx is not None:
+                sides.append((NGINX, nginx.url, lambda: sum(rss_bytes(p) for p in nginx.pids())))
+            report.idle = {}
+            for label, url, rss in sides:
+                count = opts.idle_connections
+                idle_task = progress.add_task(f"idle: {count:,} TLS connections to {label}", total=count)
+                res: IdleResult = asyncio.run(
+                    hold_idle(url, workload.requests, count, rss, on_open=lambda t=idle_task: progress.advance(t))
                 )
-            )
-            report.idle = {
-                "connections": res.connections,
-                "failed": res.failed,
-                "rssBeforeMb": round(res.rss_before / 2**20, 1),
-                "rssAfterMb": round(res.rss_after / 2**20, 1),
-                "perConnectionKib": round(res.per_connection_kib, 2),
-                "openSeconds": round(res.open_seconds, 1),
-            }
+                report.idle[label] = {
+                    "connections": res.connections,
+                    "failed": res.failed,
+                    "rssBeforeMb": round(res.rss_before / 2**20, 1),
+                    "rssAfterMb": round(res.rss_after / 2**20, 1),
+                    "perConnectionKib": round(res.per_connection_kib, 2),
+                    "openSeconds": round(res.open_seconds, 1),
+                }
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -355,10 +354,9 @@ def render(report: Report, console: Console) -> None:
             f"[yellow]load average up to {max(load):.1f} on {os.cpu_count()} CPUs: other work shared the machine; "
             "compare ratios and CPU per message, not absolute rates[/yellow]"
         )
-    if report.idle:
-        i = report.idle
+    for label, i in (report.idle or {}).items():
         console.print(
-            f"idle: {i['connections']:,} kept-alive TLS connections ({i['failed']} failed) — server RSS "
+            f"idle {label}: {i['connections']:,} kept-alive TLS connections ({i['failed']} failed) — RSS "
             f"{i['rssBeforeMb']} MB → {i['rssAfterMb']} MB ({i['perConnectionKib']} KiB per connection; "
             f"opened in {i['openSeconds']} s)"
         )
