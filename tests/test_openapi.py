@@ -109,7 +109,15 @@ def test_undecodable_bodies_are_422_not_500(srv: ServerProcess) -> None:
     """Bodies a JSON generator never produces: invalid UTF-8 inside a string, nesting past any recursion limit."""
     with srv.admin() as client:
         for raw in (b'{"name": "\xd8\xff"}', b'"\xc3"', b"[" * 100000 + b"]" * 100000):
-            for method, path in (("POST", "/api/v1/products"), ("PUT", "/api/v1/products/x/thing-model")):
+            for method, path in (
+                ("POST", "/api/v1/products"),
+                ("PUT", "/api/v1/products/x/thing-model"),
+                ("POST", "/api/v1/tools/sign"),
+            ):
                 r = client.request(method, path, content=raw, headers={"Content-Type": "application/json"})
                 assert r.status_code == 422, (path, raw[:20], r.text)
                 assert r.json()["error"]["code"] == "invalid_json"
+
+    with httpx.Client(base_url=srv.admin_url) as anon:  # the console's sign-in takes JSON too
+        r = anon.post("/console/session", content=b'{"adminKey": "\xd8"}', headers={"Content-Type": "application/json"})
+        assert r.status_code == 422, r.text

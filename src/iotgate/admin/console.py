@@ -184,7 +184,7 @@ class ConsoleApp:
             return error_response(415, "unsupported_media_type", "send the admin key as a JSON body")
         try:
             doc = msgspec.json.decode(await request.body())
-        except (msgspec.DecodeError, RecursionError):
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
             return error_response(422, "invalid_json", "request body is not valid JSON")
         key = doc.get("adminKey") if isinstance(doc, dict) else None
         if not isinstance(key, str) or not key.strip():

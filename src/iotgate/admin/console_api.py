@@ -396,7 +396,7 @@ class ConsoleApi:
         raw = await request.body()
         try:
             doc = msgspec.json.decode(raw) if raw.strip() else None
-        except (msgspec.DecodeError, RecursionError) as exc:
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
             raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ApiError(422, "invalid", "send a JSON object with productKey and deviceName")
