@@ -281,7 +281,8 @@ def test_tls12_suite_and_certificate_choice(
 # -- graceful shutdown --------------------------------------------------------------------------
 def test_sigterm_lets_in_flight_requests_finish(tmp_path_factory: pytest.TempPathFactory) -> None:
     data = tmp_path_factory.mktemp("shutdown") / "data"
-    # commits wait up to 1.5 s for company, so a report is still in flight when SIGTERM arrives
+    # b's request is still being received when SIGTERM arrives; a's may or may not be committed by then
+    # (group commit starts at once under light load), so only b's reply must carry Connection: close
     proc = ServerProcess(data, "--commit-max-delay-ms", "1500").start()
     try:
         with proc.admin() as client:
@@ -303,7 +304,7 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path_factory: pytest.TempPat
             b.send(half[-10:])
             ra, rb = a.response(), b.response()
             assert ra.code == 0 and rb.code == 0
-            assert ra.headers["connection"] == "close" and rb.headers["connection"] == "close"
+            assert rb.headers["connection"] == "close"
             with pytest.raises(OSError):  # no new connections once shutting down
                 for _ in range(50):
                     Wire(proc.device_port).close()
