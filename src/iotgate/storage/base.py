@@ -7,7 +7,8 @@ that each backend can commit them in one transaction (group commit).
 from __future__ import annotations
 
 import abc
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -20,8 +21,26 @@ from iotgate.forward.rows import (
     TargetStats,
 )
 
+if TYPE_CHECKING:
+    from iotgate.auth.secretbox import SecretBox
+
 REGISTRY_EVENTS_KEEP_MS = 7 * 24 * 3600 * 1000  # change-log rows older than this are pruned by maintain()
 REGISTRY_PRUNE_ROWS = 10_000  # at most this many per maintain() call
+
+
+# Column lists both backends select, in the order the `from_row` constructors below read them.
+PRODUCT_COLS = "product_key, name, node_type, data_format, auth_type, description, rate_per_s, created_at, updated_at"
+DEVICE_COLS = (
+    "id, product_key, device_name, secret, enabled, generation, gateway_id, nickname, "
+    "token_epoch_ms, created_at, updated_at"
+)
+MESSAGE_COLS = "message_id, device_id, kind, ts, received_at, topic, identifier, payload, detail"
+AUDIT_COLS = "id, at, actor, method, path, target, status, client"
+REGISTRY_EVENT_COLS = "seq, device_id, change, at"
+MODEL_VERSION_COLS = "version, document, published_at"
+DEVICE_FIELDS = {"enabled", "generation", "gateway_id", "nickname", "token_epoch_ms", "secret"}  # updatable
+PRODUCT_FIELDS = {"name", "node_type", "data_format", "auth_type", "description", "rate_per_s"}  # updatable
+Row = Sequence[Any]  # a database row: a tuple (sqlite3) or an asyncpg.Record, read by position
 
 
 class Conflict(Exception):
@@ -39,6 +58,21 @@ class ProductRow(msgspec.Struct, kw_only=True):
     created_at: int = 0
     updated_at: int = 0
 
+    @classmethod
+    def from_row(cls, r: Row) -> ProductRow:
+        """From a row of PRODUCT_COLS."""
+        return cls(
+            product_key=r[0],
+            name=r[1],
+            node_type=r[2],
+            data_format=r[3],
+            auth_type=r[4],
+            description=r[5],
+            rate_per_s=r[6],
+            created_at=r[7],
+            updated_at=r[8],
+        )
+
 
 class DeviceRow(msgspec.Struct, kw_only=True):
     id: int
@@ -53,12 +87,34 @@ class DeviceRow(msgspec.Struct, kw_only=True):
     created_at: int = 0
     updated_at: int = 0
 
+    @classmethod
+    def from_row(cls, r: Row, box: SecretBox | None) -> DeviceRow:
+        """From a row of DEVICE_COLS; `box` opens a secret sealed at rest."""
+        return cls(
+            id=r[0],
+            product_key=r[1],
+            device_name=r[2],
+            secret=box.open(r[3]) if box else r[3],
+            enabled=bool(r[4]),
+            generation=r[5],
+            gateway_id=r[6],
+            nickname=r[7],
+            token_epoch_ms=r[8],
+            created_at=r[9],
+            updated_at=r[10],
+        )
+
 
 class ModelVersionRow(msgspec.Struct, kw_only=True):
     product_key: str
     version: int
     document: dict[str, Any]
     published_at: int
+
+    @classmethod
+    def from_row(cls, product_key: str, r: Row) -> ModelVersionRow:
+        """From a row of MODEL_VERSION_COLS (the document as JSON text)."""
+        return cls(product_key=product_key, version=r[0], document=msgspec.json.decode(r[1]), published_at=r[2])
 
 
 class Record(msgspec.Struct, kw_only=True, array_like=True):
@@ -80,12 +136,32 @@ class Record(msgspec.Struct, kw_only=True, array_like=True):
     detail: str = ""
     params: dict[str, Any] | None = None  # an event's validated parameters: forwarded, not stored
 
+    @classmethod
+    def from_message_row(cls, r: Row) -> Record:
+        """From a row of MESSAGE_COLS (table `messages`)."""
+        return cls(
+            message_id=r[0],
+            device_id=r[1],
+            kind=r[2],
+            ts=r[3],
+            received_at=r[4],
+            topic=r[5],
+            identifier=r[6],
+            payload=bytes(r[7]),
+            detail=r[8],
+        )
+
 
 class RegistryEvent(msgspec.Struct, kw_only=True):
     seq: int
     device_id: int
     change: str  # created, deleted, enabled, disabled, secret-reset, token-epoch, updated
     at: int
+
+    @classmethod
+    def from_row(cls, r: Row) -> RegistryEvent:
+        """From a row of REGISTRY_EVENT_COLS."""
+        return cls(seq=r[0], device_id=r[1], change=r[2], at=r[3])
 
 
 class AuditEntry(msgspec.Struct, kw_only=True):
@@ -99,6 +175,11 @@ class AuditEntry(msgspec.Struct, kw_only=True):
     target: str = ""
     status: int
     client: str = ""
+
+    @classmethod
+    def from_row(cls, r: Row) -> AuditEntry:
+        """From a row of AUDIT_COLS."""
+        return cls(id=r[0], at=r[1], actor=r[2], method=r[3], path=r[4], target=r[5], status=r[6], client=r[7])
 
 
 class Storage(abc.ABC):

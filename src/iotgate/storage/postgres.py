@@ -36,6 +36,14 @@ from iotgate.auth.secretbox import SecretBox
 from iotgate.forward.rows import OutboxBatch
 from iotgate.forward.store_postgres import ForwardPostgres, write_outbox
 from iotgate.storage.base import (
+    AUDIT_COLS,
+    DEVICE_COLS,
+    DEVICE_FIELDS,
+    MESSAGE_COLS,
+    MODEL_VERSION_COLS,
+    PRODUCT_COLS,
+    PRODUCT_FIELDS,
+    REGISTRY_EVENT_COLS,
     REGISTRY_EVENTS_KEEP_MS,
     REGISTRY_PRUNE_ROWS,
     AuditEntry,
@@ -48,7 +56,7 @@ from iotgate.storage.base import (
     Storage,
 )
 from iotgate.storage.migrations import MIGRATIONS, render
-from iotgate.storage.sqlite import DEVICE_COLS, DEVICE_FIELDS, PRODUCT_COLS, PRODUCT_FIELDS, split_batch
+from iotgate.storage.sqlite import split_batch
 
 log = logging.getLogger("iotgate.storage")
 T = TypeVar("T")
@@ -363,15 +371,11 @@ class PostgresStorage(ForwardPostgres, Storage):
 
     async def list_audit(self, before_id: int | None, limit: int) -> list[AuditEntry]:
         rows = await self.pool.fetch(
-            "SELECT id, at, actor, method, path, target, status, client FROM admin_audit "
-            "WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            f"SELECT {AUDIT_COLS} FROM admin_audit WHERE id < $1 ORDER BY id DESC LIMIT $2",
             before_id if before_id is not None else 2**63 - 1,
             limit,
         )
-        return [
-            AuditEntry(id=r[0], at=r[1], actor=r[2], method=r[3], path=r[4], target=r[5], status=r[6], client=r[7])
-            for r in rows
-        ]
+        return [AuditEntry.from_row(r) for r in rows]
 
     # -- meta -----------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
@@ -403,23 +407,9 @@ class PostgresStorage(ForwardPostgres, Storage):
         except asyncpg.exceptions.UniqueViolationError as exc:
             raise Conflict(f"product {row.product_key} exists") from exc
 
-    @staticmethod
-    def _product(r: asyncpg.Record) -> ProductRow:
-        return ProductRow(
-            product_key=r[0],
-            name=r[1],
-            node_type=r[2],
-            data_format=r[3],
-            auth_type=r[4],
-            description=r[5],
-            rate_per_s=r[6],
-            created_at=r[7],
-            updated_at=r[8],
-        )
-
     async def get_product(self, product_key: str) -> ProductRow | None:
         r = await self.pool.fetchrow(f"SELECT {PRODUCT_COLS} FROM products WHERE product_key=$1", product_key)
-        return self._product(r) if r else None
+        return ProductRow.from_row(r) if r else None
 
     async def list_products(self, offset: int, limit: int) -> tuple[list[ProductRow], int]:
         async with self.pool.acquire() as con:
@@ -429,7 +419,7 @@ class PostgresStorage(ForwardPostgres, Storage):
                 offset,
             )
             total = await con.fetchval("SELECT COUNT(*) FROM products")
-        return [self._product(r) for r in rows], int(total)
+        return [ProductRow.from_row(r) for r in rows], int(total)
 
     async def update_product(self, product_key: str, fields: dict[str, Any]) -> ProductRow | None:
         cols = {k: v for k, v in fields.items() if k in PRODUCT_FIELDS}
@@ -442,7 +432,7 @@ class PostgresStorage(ForwardPostgres, Storage):
             now_ms(),
             *cols.values(),
         )
-        return self._product(r) if r else None
+        return ProductRow.from_row(r) if r else None
 
     async def delete_product(self, product_key: str) -> bool:
         async def run(con: asyncpg.Connection) -> bool:
@@ -495,19 +485,16 @@ class PostgresStorage(ForwardPostgres, Storage):
     async def get_model_version(self, product_key: str, version: int | None) -> ModelVersionRow | None:
         if version is None:
             r = await self.pool.fetchrow(
-                "SELECT version, document, published_at FROM model_versions WHERE product_key=$1 "
-                "ORDER BY version DESC LIMIT 1",
+                f"SELECT {MODEL_VERSION_COLS} FROM model_versions WHERE product_key=$1 ORDER BY version DESC LIMIT 1",
                 product_key,
             )
         else:
             r = await self.pool.fetchrow(
-                "SELECT version, document, published_at FROM model_versions WHERE product_key=$1 AND version=$2",
+                f"SELECT {MODEL_VERSION_COLS} FROM model_versions WHERE product_key=$1 AND version=$2",
                 product_key,
                 version,
             )
-        if not r:
-            return None
-        return ModelVersionRow(product_key=product_key, version=r[0], document=_json_decode(r[1]), published_at=r[2])
+        return ModelVersionRow.from_row(product_key, r) if r else None
 
     async def list_model_versions(self, product_key: str) -> list[tuple[int, int]]:
         rows = await self.pool.fetch(
@@ -520,19 +507,7 @@ class PostgresStorage(ForwardPostgres, Storage):
         return self.box.seal(secret) if self.box else secret
 
     def _device(self, r: asyncpg.Record) -> DeviceRow:
-        return DeviceRow(
-            id=r[0],
-            product_key=r[1],
-            device_name=r[2],
-            secret=self.box.open(r[3]) if self.box else r[3],
-            enabled=bool(r[4]),
-            generation=r[5],
-            gateway_id=r[6],
-            nickname=r[7],
-            token_epoch_ms=r[8],
-            created_at=r[9],
-            updated_at=r[10],
-        )
+        return DeviceRow.from_row(r, self.box)
 
     async def insert_devices(self, rows: list[DeviceRow]) -> list[DeviceRow]:
         if not rows:
@@ -660,9 +635,9 @@ class PostgresStorage(ForwardPostgres, Storage):
 
     async def registry_events_since(self, seq: int, limit: int = 10000) -> list[RegistryEvent]:
         rows = await self.pool.fetch(
-            "SELECT seq, device_id, change, at FROM registry_events WHERE seq > $1 ORDER BY seq LIMIT $2", seq, limit
+            f"SELECT {REGISTRY_EVENT_COLS} FROM registry_events WHERE seq > $1 ORDER BY seq LIMIT $2", seq, limit
         )
-        return [RegistryEvent(seq=r[0], device_id=r[1], change=r[2], at=r[3]) for r in rows]
+        return [RegistryEvent.from_row(r) for r in rows]
 
     async def last_registry_seq(self) -> int:
         return int(await self.pool.fetchval("SELECT COALESCE(MAX(seq), 0) FROM registry_events"))
@@ -755,24 +730,10 @@ class PostgresStorage(ForwardPostgres, Storage):
             where.append(f"message_id < ${len(args)}")
         args.append(limit)
         rows = await self.pool.fetch(
-            "SELECT message_id, device_id, kind, ts, received_at, topic, identifier, payload, detail FROM messages "
-            f"WHERE {' AND '.join(where)} ORDER BY message_id DESC LIMIT ${len(args)}",
+            f"SELECT {MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} ORDER BY message_id DESC LIMIT ${len(args)}",
             *args,
         )
-        return [
-            Record(
-                message_id=r[0],
-                device_id=r[1],
-                kind=r[2],
-                ts=r[3],
-                received_at=r[4],
-                topic=r[5],
-                identifier=r[6],
-                payload=bytes(r[7]),
-                detail=r[8],
-            )
-            for r in rows
-        ]
+        return [Record.from_message_row(r) for r in rows]
 
     async def last_seen(self, since: int = 0) -> dict[int, int]:
         rows = await self.pool.fetch("SELECT device_id, last_seen FROM device_seen WHERE last_seen > $1", since)

@@ -24,6 +24,14 @@ from iotgate.forward.rows import OutboxBatch
 from iotgate.forward.store_sqlite import ForwardSqlite, write_outbox
 from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS
 from iotgate.storage.base import (
+    AUDIT_COLS,
+    DEVICE_COLS,
+    DEVICE_FIELDS,
+    MESSAGE_COLS,
+    MODEL_VERSION_COLS,
+    PRODUCT_COLS,
+    PRODUCT_FIELDS,
+    REGISTRY_EVENT_COLS,
     REGISTRY_EVENTS_KEEP_MS,
     REGISTRY_PRUNE_ROWS,
     AuditEntry,
@@ -43,14 +51,6 @@ CHECKPOINT_S = 2.0  # how often latest values and last-seen times are written ou
 CHECKPOINT_ROWS = 1000  # rows per checkpoint transaction, so that ingest batches wait for one small step at most
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
-
-PRODUCT_COLS = "product_key, name, node_type, data_format, auth_type, description, rate_per_s, created_at, updated_at"
-DEVICE_COLS = (
-    "id, product_key, device_name, secret, enabled, generation, gateway_id, nickname, "
-    "token_epoch_ms, created_at, updated_at"
-)
-DEVICE_FIELDS = {"enabled", "generation", "gateway_id", "nickname", "token_epoch_ms", "secret"}
-PRODUCT_FIELDS = {"name", "node_type", "data_format", "auth_type", "description", "rate_per_s"}
 
 
 def now_ms() -> int:
@@ -183,15 +183,11 @@ class SqliteStorage(ForwardSqlite, Storage):
     async def list_audit(self, before_id: int | None, limit: int) -> list[AuditEntry]:
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT id, at, actor, method, path, target, status, client FROM admin_audit "
-                "WHERE id < ? ORDER BY id DESC LIMIT ?",
+                f"SELECT {AUDIT_COLS} FROM admin_audit WHERE id < ? ORDER BY id DESC LIMIT ?",
                 (before_id if before_id is not None else 2**63 - 1, limit),
             ).fetchall()
         )
-        return [
-            AuditEntry(id=r[0], at=r[1], actor=r[2], method=r[3], path=r[4], target=r[5], status=r[6], client=r[7])
-            for r in rows
-        ]
+        return [AuditEntry.from_row(r) for r in rows]
 
     # -- meta -----------------------------------------------------------------------------
     async def get_meta(self, key: str) -> str | None:
@@ -228,25 +224,11 @@ class SqliteStorage(ForwardSqlite, Storage):
 
         await self._write(run)
 
-    @staticmethod
-    def _product(r: tuple) -> ProductRow:
-        return ProductRow(
-            product_key=r[0],
-            name=r[1],
-            node_type=r[2],
-            data_format=r[3],
-            auth_type=r[4],
-            description=r[5],
-            rate_per_s=r[6],
-            created_at=r[7],
-            updated_at=r[8],
-        )
-
     async def get_product(self, product_key: str) -> ProductRow | None:
         r = await self._read(
             lambda c: c.execute(f"SELECT {PRODUCT_COLS} FROM products WHERE product_key=?", (product_key,)).fetchone()
         )
-        return self._product(r) if r else None
+        return ProductRow.from_row(r) if r else None
 
     async def list_products(self, offset: int, limit: int) -> tuple[list[ProductRow], int]:
         def run(c: sqlite3.Connection) -> tuple[list[ProductRow], int]:
@@ -255,7 +237,7 @@ class SqliteStorage(ForwardSqlite, Storage):
                 (limit, offset),
             ).fetchall()
             total = c.execute("SELECT COUNT(*) FROM products").fetchone()[0]
-            return [self._product(r) for r in rows], total
+            return [ProductRow.from_row(r) for r in rows], total
 
         return await self._read(run)
 
@@ -272,7 +254,7 @@ class SqliteStorage(ForwardSqlite, Storage):
             return c.execute(f"SELECT {PRODUCT_COLS} FROM products WHERE product_key=?", (product_key,)).fetchone()
 
         r = await self._write(run)
-        return self._product(r) if r else None
+        return ProductRow.from_row(r) if r else None
 
     async def delete_product(self, product_key: str) -> bool:
         def run(c: sqlite3.Connection) -> bool:
@@ -318,19 +300,16 @@ class SqliteStorage(ForwardSqlite, Storage):
         def run(c: sqlite3.Connection) -> tuple | None:
             if version is None:
                 return c.execute(
-                    "SELECT version, document, published_at FROM model_versions WHERE product_key=? "
-                    "ORDER BY version DESC LIMIT 1",
+                    f"SELECT {MODEL_VERSION_COLS} FROM model_versions WHERE product_key=? ORDER BY version DESC LIMIT 1",
                     (product_key,),
                 ).fetchone()
             return c.execute(
-                "SELECT version, document, published_at FROM model_versions WHERE product_key=? AND version=?",
+                f"SELECT {MODEL_VERSION_COLS} FROM model_versions WHERE product_key=? AND version=?",
                 (product_key, version),
             ).fetchone()
 
         r = await self._read(run)
-        if not r:
-            return None
-        return ModelVersionRow(product_key=product_key, version=r[0], document=_json_decode(r[1]), published_at=r[2])
+        return ModelVersionRow.from_row(product_key, r) if r else None
 
     async def list_model_versions(self, product_key: str) -> list[tuple[int, int]]:
         rows = await self._read(
@@ -346,19 +325,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         return self.box.seal(secret) if self.box else secret
 
     def _device(self, r: tuple) -> DeviceRow:
-        return DeviceRow(
-            id=r[0],
-            product_key=r[1],
-            device_name=r[2],
-            secret=self.box.open(r[3]) if self.box else r[3],
-            enabled=bool(r[4]),
-            generation=r[5],
-            gateway_id=r[6],
-            nickname=r[7],
-            token_epoch_ms=r[8],
-            created_at=r[9],
-            updated_at=r[10],
-        )
+        return DeviceRow.from_row(r, self.box)
 
     async def insert_devices(self, rows: list[DeviceRow]) -> list[DeviceRow]:
         sealed = [self._seal(r.secret) for r in rows]
@@ -492,11 +459,11 @@ class SqliteStorage(ForwardSqlite, Storage):
     async def registry_events_since(self, seq: int, limit: int = 10000) -> list[RegistryEvent]:
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT seq, device_id, change, at FROM registry_events WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {REGISTRY_EVENT_COLS} FROM registry_events WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
             ).fetchall()
         )
-        return [RegistryEvent(seq=r[0], device_id=r[1], change=r[2], at=r[3]) for r in rows]
+        return [RegistryEvent.from_row(r) for r in rows]
 
     async def last_registry_seq(self) -> int:
         return int(
@@ -718,25 +685,11 @@ class SqliteStorage(ForwardSqlite, Storage):
             args.append(before_id)
         rows = await self._read(
             lambda c: c.execute(
-                "SELECT message_id, device_id, kind, ts, received_at, topic, identifier, payload, detail FROM messages "
-                f"WHERE {' AND '.join(where)} ORDER BY message_id DESC LIMIT ?",
+                f"SELECT {MESSAGE_COLS} FROM messages WHERE {' AND '.join(where)} ORDER BY message_id DESC LIMIT ?",
                 (*args, limit),
             ).fetchall()
         )
-        return [
-            Record(
-                message_id=r[0],
-                device_id=r[1],
-                kind=r[2],
-                ts=r[3],
-                received_at=r[4],
-                topic=r[5],
-                identifier=r[6],
-                payload=bytes(r[7]),
-                detail=r[8],
-            )
-            for r in rows
-        ]
+        return [Record.from_message_row(r) for r in rows]
 
     async def last_seen(self, since: int = 0) -> dict[int, int]:
         pending = [dict(self._flushing_seen), dict(self._dirty_seen)]
