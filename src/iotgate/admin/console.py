@@ -96,6 +96,10 @@ class ConsoleSessions:
         if sid:
             self._sessions.pop(sid, None)
 
+    def clear(self) -> None:
+        """End every session (the admin key they were opened with was replaced)."""
+        self._sessions.clear()
+
     def check(self, scope: Scope) -> bool:
         """AdminKeyAuth's hook: a live session, and for unsafe methods the matching CSRF header."""
         sid = None
