@@ -27,6 +27,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from iotgate.admin.api import body_json
 from iotgate.admin.errors import error_response
 
 if TYPE_CHECKING:
@@ -186,10 +187,7 @@ class ConsoleApp:
             return error_response(429, "too_many_attempts", f"too many wrong admin keys; try again in {wait} s")
         if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
             return error_response(415, "unsupported_media_type", "send the admin key as a JSON body")
-        try:
-            doc = msgspec.json.decode(await request.body())
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
-            return error_response(422, "invalid_json", "request body is not valid JSON")
+        doc = await body_json(request)
         key = doc.get("adminKey") if isinstance(doc, dict) else None
         if not isinstance(key, str) or not key.strip():
             return error_response(422, "invalid", "enter the admin key", [{"field": "adminKey", "reason": "required"}])

@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from iotgate.admin.api import ONLINE_WINDOW_MS, message_json
+from iotgate.admin.api import ONLINE_WINDOW_MS, body_object, json, message_json, unknown_fields
 from iotgate.admin.errors import ApiError
 from iotgate.auth.signing import ALINK_SIGN_METHODS, alink_auth_body, alink_sign_content, iotda_auth_body
 from iotgate.registry.service import device_id_of
@@ -47,10 +47,6 @@ POLL_S = 1.0  # live views read from the database this often when other processe
 POLL_MESSAGES = 50
 log = logging.getLogger("iotgate.console")
 IOTDA_TS_RE = re.compile(r"\d{10}")
-
-
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(data), status, media_type="application/json")
 
 
 class RateCounter:
@@ -217,7 +213,7 @@ class ConsoleApi:
         _, products = await p.storage.list_products(0, 1)
         msg_rate, rej_rate = self.counter.rate(now_s)
         start, msgs, rejs = self.counter.series(now_s, bucket)
-        return _json(
+        return json(
             {
                 "time": now_ms,
                 "products": products,
@@ -352,7 +348,7 @@ class ConsoleApi:
         p = self.platform
         base = self.device_base_url(request)
         certs = [_cert_facts(path) for path in self.presented_certs()]
-        return _json(
+        return json(
             {
                 "baseUrl": base,
                 "tls": not p.settings.device_plain_http,
@@ -393,17 +389,10 @@ class ConsoleApi:
 
     async def sign(self, request: Request) -> Response:
         """The Alibaba /auth body (with sign) and the Huawei /v5/device-auth body (with password)."""
-        raw = await request.body()
-        try:
-            doc = msgspec.json.decode(raw) if raw.strip() else None
-        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
-            raise ApiError(422, "invalid_json", f"request body is not valid JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise ApiError(422, "invalid", "send a JSON object with productKey and deviceName")
-        allowed = {"productKey", "deviceName", "deviceSecret", "signMethod", "clientId", "timestamp", "iotdaTimestamp"}
-        extra = sorted(set(doc) - allowed)
-        if extra:
-            raise ApiError(422, "invalid", f"unknown field(s): {', '.join(extra)}")
+        doc = await body_object(request)
+        unknown_fields(
+            doc, {"productKey", "deviceName", "deviceSecret", "signMethod", "clientId", "timestamp", "iotdaTimestamp"}
+        )
         details: list[dict[str, Any]] = []
 
         def text(name: str, required: bool) -> str:
@@ -458,7 +447,7 @@ class ConsoleApi:
         alink = alink_auth_body(pk, dn, secret, sign_method=method.lower(), client_id=client_id, timestamp_ms=timestamp)
         device_id = device_id_of(pk, dn)
         base = self.device_base_url(request)
-        return _json(
+        return json(
             {
                 "alink": {"url": f"{base}/auth", "body": alink, "signContent": alink_sign_content(alink)},
                 "iotda": {"url": f"{base}/v5/device-auth", "body": iotda_auth_body(device_id, secret, when=when)},

@@ -21,6 +21,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from iotgate import metrics
+from iotgate.admin.api import int_param, json, platform
 from iotgate.admin.errors import ApiError
 from iotgate.logs import clean
 from iotgate.storage.base import AuditEntry
@@ -72,14 +73,6 @@ def write_key_file(path: Path, key: str) -> None:
     os.replace(tmp, path)
 
 
-def _json(data: Any, status: int = 200) -> Response:
-    return Response(msgspec.json.encode(data), status, media_type="application/json")
-
-
-def _platform(request: Request) -> Platform:
-    return request.app.state.platform
-
-
 # -- endpoints -------------------------------------------------------------------------------
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition (unauthenticated, like /healthz; the admin listener is loopback by default)."""
@@ -89,7 +82,7 @@ async def metrics_endpoint(request: Request) -> Response:
 async def rotate_key(request: Request) -> Response:
     """Replace the admin key: the new key is stored in the data dir's admin-key file and returned once;
     the old key stops working at once."""
-    p = _platform(request)
+    p = platform(request)
     if p.settings.admin_key:
         raise ApiError(
             409,
@@ -102,7 +95,7 @@ async def rotate_key(request: Request) -> Response:
     p.admin_key = key
     _end_console_sessions(p)
     log.warning("admin key rotated: %s replaced by %s", old, key_id(key))
-    return _json({"adminKey": key, "keyId": key_id(key), "previousKeyId": old})
+    return json({"adminKey": key, "keyId": key_id(key), "previousKeyId": old})
 
 
 def _end_console_sessions(p: Platform) -> None:
@@ -110,19 +103,6 @@ def _end_console_sessions(p: Platform) -> None:
     console = getattr(p, "console", None)  # admin/console.py's ConsoleApp, when the console is installed
     if console is not None:
         console.sessions.clear()
-
-
-def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ApiError(422, "invalid", f"query parameter {name} must be an integer") from None
-    if not low <= value <= high:
-        raise ApiError(422, "invalid", f"query parameter {name} must be {low}..{high}")
-    return value
 
 
 def audit_json(e: AuditEntry) -> dict[str, Any]:
@@ -140,11 +120,11 @@ def audit_json(e: AuditEntry) -> dict[str, Any]:
 
 async def list_audit(request: Request) -> Response:
     """Admin actions, newest first; page with `before` = the previous page's `next`."""
-    limit = _int_param(request, "limit", 100, 1, MAX_AUDIT_PAGE) or 100
-    before = _int_param(request, "before", None, 1, 2**63 - 1)
-    entries = await _platform(request).storage.list_audit(before, limit)
+    limit = int_param(request, "limit", 100, 1, MAX_AUDIT_PAGE)
+    before = int_param(request, "before", 0, 1) if request.query_params.get("before") else None
+    entries = await platform(request).storage.list_audit(before, limit)
     nxt = entries[-1].id if len(entries) == limit else None
-    return _json({"items": [audit_json(e) for e in entries], "next": nxt})
+    return json({"items": [audit_json(e) for e in entries], "next": nxt})
 
 
 def ops_routes() -> list[Route]:
