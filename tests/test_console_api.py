@@ -148,6 +148,29 @@ def test_overview_counts_committed_and_rejected_reports(
     assert bad.status_code == 422 and "bucket" in bad.json()["error"]["message"]
 
 
+def test_overview_counts_online_devices_with_the_configured_window(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The overview's online count uses --online-window-s, as each device's `online` does."""
+    window_s = 2.0
+    data = tmp_path_factory.mktemp("console-window") / "data"
+    srv = ServerProcess(data, "--device-plain-http", "--online-window-s", str(window_s)).start()
+    try:
+        with srv.admin() as c:
+            admin = Admin(c)
+            pk = admin.product(SEED_MODEL)
+            dev = admin.device(pk, "window-01")
+            reported = time.monotonic()
+            assert AlinkReporter(srv, dev).post({"temperature": 20})["code"] == 0
+            devices = c.get("/api/v1/stats/overview").json()["devices"]
+            assert devices["onlineWindowSeconds"] == window_s and devices["online"] == 1
+            time.sleep(max(0.0, reported + window_s + 0.3 - time.monotonic()))
+            assert c.get(f"/api/v1/products/{pk}/devices/window-01").json()["online"] is False
+            assert c.get("/api/v1/stats/overview").json()["devices"]["online"] == 0
+    finally:
+        srv.stop()
+
+
 def test_event_stream_delivers_reports_as_they_commit(
     server: ServerProcess, session: tuple[str, str], device: dict[str, Any]
 ) -> None:

@@ -29,7 +29,6 @@ from iotgate.storage.base import DeviceRow, ProductRow, Record
 if TYPE_CHECKING:
     from iotgate.server import Platform
 
-ONLINE_WINDOW_MS = 10 * 60 * 1000
 MAX_PAGE = 1000
 MAX_BATCH = 10000
 MAX_INT64 = 2**63 - 1

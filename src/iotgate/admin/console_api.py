@@ -29,7 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from iotgate.admin.api import ONLINE_WINDOW_MS, body_object, json, message_json, unknown_fields
+from iotgate.admin.api import body_object, json, message_json, unknown_fields
 from iotgate.admin.errors import ApiError
 from iotgate.auth.signing import ALINK_SIGN_METHODS, alink_auth_body, alink_sign_content, iotda_auth_body
 from iotgate.registry.service import device_id_of
@@ -208,7 +208,8 @@ class ConsoleApi:
         now = time.time()
         now_ms = int(now * 1000)
         now_s = int(now)
-        online = sum(1 for t in p.core.last_seen.values() if now_ms - t < ONLINE_WINDOW_MS)
+        window_ms = p.settings.online_window_s * 1000
+        online = sum(1 for t in p.core.last_seen.values() if now_ms - t < window_ms)
         total = await p.storage.count_devices()
         _, products = await p.storage.list_products(0, 1)
         msg_rate, rej_rate = self.counter.rate(now_s)
@@ -217,7 +218,11 @@ class ConsoleApi:
             {
                 "time": now_ms,
                 "products": products,
-                "devices": {"total": total, "online": min(online, total), "onlineWindowSeconds": 600},
+                "devices": {
+                    "total": total,
+                    "online": min(online, total),
+                    "onlineWindowSeconds": p.settings.online_window_s,
+                },
                 "rate": {
                     "windowSeconds": RATE_WINDOW_S,
                     "messagesPerSecond": round(msg_rate, 3),
