@@ -13,8 +13,9 @@ import pytest
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from conftest import SEED_MODEL, Admin, ServerProcess
-from iotgate.admin.api import ROUTES
+from conftest import SEED_MODEL, Admin, ServerProcess, free_port
+from iotgate.admin import api, rules_api
+from iotgate.admin.console_api import API_ROUTES
 from iotgate.admin.openapi import OPERATIONS, build_document, documented_routes
 
 
@@ -27,7 +28,9 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 def test_every_route_has_a_written_operation() -> None:
     routes = {(m, r.path) for r in documented_routes() for m in (r.methods or set()) - {"HEAD"}}
-    assert {(m, r.path) for r in ROUTES for m in (r.methods or set()) - {"HEAD"}} <= routes
+    for table in (api.ROUTES, rules_api.ROUTES):
+        assert {(m, r.path) for r in table for m in (r.methods or set()) - {"HEAD"}} <= routes
+    assert {(m, path) for m, path, _ in API_ROUTES} <= routes  # the console's JSON endpoints
     missing = routes - set(OPERATIONS)
     assert not missing, f"add these to iotgate.admin.openapi.OPERATIONS: {sorted(missing)}"
     assert not set(OPERATIONS) - routes, "OPERATIONS names a route that no longer exists"
@@ -54,7 +57,7 @@ def test_document_is_valid_openapi_3_1() -> None:
                 jsonschema.Draft202012Validator.check_schema(p["schema"])
             if method in ("post", "put", "patch") and "requestBody" in op:
                 assert "application/json" in op["requestBody"]["content"]
-    assert len(operation_ids) == len(set(operation_ids)) >= 26
+    assert len(operation_ids) == len(set(operation_ids)) >= 39
 
 
 def validator(doc: dict[str, Any], name: str) -> jsonschema.Draft202012Validator:
@@ -89,6 +92,37 @@ def test_real_answers_match_their_schemas(srv: ServerProcess) -> None:
             client.get(f"/api/v1/products/{pk}/devices/schema-dev/properties/temperature/history").json()
         )
         validator(doc, "AuditPage").validate(client.get("/api/v1/audit").json())
+
+        # the console's endpoints
+        validator(doc, "Overview").validate(client.get("/api/v1/stats/overview", params={"bucket": 60}).json())
+        validator(doc, "Connection").validate(client.get("/api/v1/tools/connection").json())
+        sign = client.post("/api/v1/tools/sign", json={"productKey": pk, "deviceName": "schema-dev"})
+        validator(doc, "SignResult").validate(sign.json())
+        r = client.get("/api/v1/tools/device-cert")  # --device-plain-http: no certificate
+        assert r.status_code == 404
+        validator(doc, "Error").validate(r.json())
+
+        # forwarding rules (disabled, to a closed loopback port: nothing is delivered)
+        hook = {"type": "webhook", "url": f"http://127.0.0.1:{free_port()}/hook", "secret": "s3cret"}
+        rule = {"name": "schema rule", "source": "property", "productKey": pk, "targets": [hook], "enabled": False}
+        validator(doc, "RuleInput").validate(rule)
+        r = client.post("/api/v1/rules", json=rule)
+        assert r.status_code == 201, r.text
+        validator(doc, "Rule").validate(r.json())
+        rule_id = r.json()["id"]
+        assert r.json()["targets"][0]["secret"] == "***"
+        patched = client.patch(f"/api/v1/rules/{rule_id}", json={"where": "temperature > 40"})
+        validator(doc, "Rule").validate(patched.json())
+        rules = client.get("/api/v1/rules").json()
+        validator(doc, "RulePage").validate(rules)
+        assert [t["stats"]["targetId"] for t in rules["items"][0]["targets"]] == [rules["items"][0]["targets"][0]["id"]]
+        validator(doc, "RuleStats").validate(client.get(f"/api/v1/rules/{rule_id}/stats").json())
+        validator(doc, "DeadLetterPage").validate(client.get(f"/api/v1/rules/{rule_id}/dead-letters").json())
+        validator(doc, "ReplayResult").validate(client.post(f"/api/v1/rules/{rule_id}/dead-letters:replay").json())
+        assert client.delete(f"/api/v1/rules/{rule_id}").status_code == 204
+        r = client.get(f"/api/v1/rules/{rule_id}")
+        assert r.status_code == 404
+        validator(doc, "Error").validate(r.json())
         r = client.post("/api/v1/products", json={"name": ""})
         assert r.status_code == 422
         validator(doc, "Error").validate(r.json())

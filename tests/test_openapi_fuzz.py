@@ -46,9 +46,18 @@ def api_schema(fuzz_server: ServerProcess) -> Any:
     return schema
 
 
+NOT_FUZZED = {
+    ("POST", "/api/v1/admin/rotate-key"),  # would lock the fuzzer out
+    ("GET", "/api/v1/products/{productKey}/devices/{deviceName}/events"),  # a stream that does not end
+    # a generated target that happened to be valid would deliver to whatever host it names
+    ("POST", "/api/v1/rules"),
+    ("PATCH", "/api/v1/rules/{ruleId}"),
+}
+
+
 def operations(api_schema: Any) -> list[Any]:
     ops = [result.ok() for result in api_schema.get_all_operations()]
-    return [op for op in ops if op.path != "/api/v1/admin/rotate-key"]  # would lock the fuzzer out
+    return [op for op in ops if (op.method.upper(), op.path) not in NOT_FUZZED]
 
 
 @pytest.mark.timeout(3600)

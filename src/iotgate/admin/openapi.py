@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of the management API and a self-contained docs page (no CDN).
 
-Paths come from the route tables (`admin/api.py`, `admin/ops_api.py`), so a route cannot be
-missing from the document; each operation's parameters, request body and responses are written
+Paths come from the route tables (`admin/api.py`, `admin/ops_api.py`, `admin/rules_api.py`, the
+console's `admin/console_api.py`), so a route cannot be missing from the document; each operation's parameters, request body and responses are written
 out below (`OPERATIONS`), and tests/test_openapi.py fails for a route without an entry there.
 Schemas are JSON Schema 2020-12, as OpenAPI 3.1 uses it.
 """
@@ -16,6 +16,10 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from iotgate import __version__
+from iotgate.auth.signing import ALINK_SIGN_METHODS
+from iotgate.forward.formats import FORMATS as FORWARD_FORMATS
+from iotgate.forward.message import SOURCES as FORWARD_SOURCES
+from iotgate.forward.targets import TYPES as TARGET_TYPES
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -35,6 +39,30 @@ MS = {"type": "integer", "description": "milliseconds since the Unix epoch"}
 DEVICE_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_\-.@:]{4,32}$"}
 NODE_TYPES = ["direct", "gateway", "sub-device"]
 DATA_FORMATS = ["alink-json", "custom"]
+COUNT = {"type": "integer", "minimum": 0}
+RATE = {"type": "number", "minimum": 0, "description": "per second"}
+ID = {"type": "integer", "minimum": 1}
+
+
+def obj(required: list[str], properties: Schema, **extra: Any) -> Schema:
+    return {"type": "object", "required": required, "properties": properties, **extra}
+
+
+def rule_input(required: list[str]) -> Schema:
+    return obj(
+        required,
+        {
+            "name": {"type": "string", "minLength": 1, "maxLength": 64},
+            "source": {"enum": list(FORWARD_SOURCES)},
+            "productKey": nullable({"type": "string", "description": "only this product's devices"}),
+            "where": nullable({"type": "string", "description": "filter expression (docs/forwarding.md)"}),
+            "format": {"enum": list(FORWARD_FORMATS), "default": "iotgate"},
+            "enabled": {"type": "boolean", "default": True},
+            "targets": {"type": "array", "minItems": 1, "maxItems": 16, "items": ref("Target")},
+        },
+        additionalProperties=False,
+    )
+
 
 SCHEMAS: dict[str, Schema] = {
     "Error": {
@@ -328,6 +356,199 @@ SCHEMAS: dict[str, Schema] = {
             "next": nullable({"type": "integer", "description": "pass as `before` for the next page"}),
         },
     },
+    "Overview": obj(
+        ["time", "products", "devices", "rate", "lastHour", "totals", "ratesScope"],
+        {
+            "time": MS,
+            "products": {**COUNT, "description": "number of products"},
+            "devices": obj(
+                ["total", "online", "onlineWindowSeconds"],
+                {"total": COUNT, "online": COUNT, "onlineWindowSeconds": {"type": "number", "exclusiveMinimum": 0}},
+            ),
+            "rate": obj(
+                ["windowSeconds", "messagesPerSecond", "rejectedPerSecond"],
+                {"windowSeconds": INT, "messagesPerSecond": RATE, "rejectedPerSecond": RATE},
+            ),
+            "lastHour": obj(
+                ["start", "bucketSeconds", "messages", "rejected"],
+                {
+                    "start": MS,
+                    "bucketSeconds": INT,
+                    "messages": {"type": "array", "items": RATE},
+                    "rejected": {"type": "array", "items": RATE},
+                },
+            ),
+            "totals": obj(
+                ["messages", "rejected", "since"],
+                {"messages": COUNT, "rejected": COUNT, "since": {**MS, "description": "when counting started"}},
+            ),
+            "ratesScope": {
+                "enum": ["server", "this-process"],
+                "description": "this-process: other processes ingest too (--workers, shared PostgreSQL)",
+            },
+        },
+        description="Counted in this server process's memory since it started; devices from the database.",
+    ),
+    "Connection": obj(
+        ["baseUrl", "tls", "listeners", "alink", "iotda", "certificates"],
+        {
+            "baseUrl": {"type": "string", "description": "the device listener as this request reached the server"},
+            "tls": {"type": "boolean"},
+            "tlsProfile": STR,
+            "listeners": {"type": "array", "items": obj(["host", "port"], {"host": STR, "port": INT})},
+            "alink": {"type": "object", "additionalProperties": STR, "description": "Alibaba dialect URLs"},
+            "iotda": {"type": "object", "additionalProperties": STR, "description": "Huawei dialect URLs"},
+            "certificates": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": STR,
+                        "subject": STR,
+                        "issuer": STR,
+                        "notAfter": MS,
+                        "keyType": STR,
+                        "names": {"type": "array", "items": STR},
+                        "sha256": STR,
+                        "error": STR,
+                    },
+                },
+            },
+        },
+    ),
+    "SignInput": obj(
+        ["productKey", "deviceName"],
+        {
+            "productKey": {"type": "string", "minLength": 1},
+            "deviceName": {"type": "string", "minLength": 1},
+            "deviceSecret": {"type": "string", "description": "default: the registered device's secret"},
+            "signMethod": {"enum": sorted(ALINK_SIGN_METHODS), "default": "hmacsha256"},
+            "clientId": STR,
+            "timestamp": {
+                "anyOf": [{"type": "integer", "minimum": 1}, {"type": "string", "pattern": "^[0-9]+$"}],
+                "description": "Alibaba timestamp, ms",
+            },
+            "iotdaTimestamp": {"type": "string", "pattern": "^[0-9]{10}$", "description": "UTC YYYYMMDDHH"},
+        },
+        additionalProperties=False,
+    ),
+    "SignResult": obj(
+        ["alink", "iotda"],
+        {
+            "alink": obj(
+                ["url", "body", "signContent"],
+                {"url": STR, "body": {"type": "object", "description": "the POST /auth body"}, "signContent": STR},
+            ),
+            "iotda": obj(
+                ["url", "body"],
+                {"url": STR, "body": {"type": "object", "description": "the POST /v5/device-auth body"}},
+            ),
+        },
+    ),
+    "Target": {
+        "type": "object",
+        "required": ["type"],
+        "properties": {
+            "type": {"enum": list(TARGET_TYPES)},
+            "id": {**ID, "description": "a stored target's id (PATCH: keeps it, and *** keeps its secrets)"},
+        },
+        "description": "The type's options (url, topic, subject, ...: docs/forwarding.md); secrets show as ***.",
+    },
+    "RuleInput": rule_input(["name", "source", "targets"]),
+    "RulePatch": rule_input([]),
+    "Rule": obj(
+        ["id", "name", "source", "productKey", "where", "format", "enabled", "targets", "createdAt", "updatedAt"],
+        {
+            "id": ID,
+            "name": STR,
+            "source": {"enum": list(FORWARD_SOURCES)},
+            "productKey": nullable(STR),
+            "where": nullable(STR),
+            "format": {"enum": list(FORWARD_FORMATS)},
+            "enabled": {"type": "boolean"},
+            "targets": {
+                "type": "array",
+                "items": {
+                    "allOf": [ref("Target")],
+                    "required": ["id", "type"],
+                    "properties": {"stats": {**nullable(ref("TargetStats")), "description": "in the rule list only"}},
+                },
+            },
+            "createdAt": MS,
+            "updatedAt": MS,
+        },
+    ),
+    "RulePage": obj(["items", "total"], {"items": {"type": "array", "items": ref("Rule")}, "total": COUNT}),
+    "TargetStats": obj(
+        ["targetId", "matched", "filteredOut", "delivered", "deadLettered", "inFlight", "queued", "failing"],
+        {
+            "targetId": ID,
+            "type": nullable({"enum": list(TARGET_TYPES)}),
+            "matched": COUNT,
+            "filteredOut": COUNT,
+            "delivered": COUNT,
+            "deadLettered": COUNT,
+            "inFlight": COUNT,
+            "queued": COUNT,
+            "redelivered": {**COUNT, "description": "deliveries after an attempt that may have arrived too"},
+            "retries": COUNT,
+            "replayed": COUNT,
+            "failing": {"type": "boolean"},
+            "lastError": nullable(STR),
+            "lastErrorAt": nullable(MS),
+            "lastDeliveredAt": nullable(MS),
+        },
+    ),
+    "RuleStats": obj(
+        ["ruleId", "name", "targets", "matched", "delivered", "deadLettered", "queued"],
+        {
+            "ruleId": ID,
+            "name": STR,
+            "targets": {"type": "array", "items": ref("TargetStats")},
+            **{
+                k: {**COUNT, "description": "sum over the targets"}
+                for k in ("matched", "filteredOut", "delivered", "deadLettered", "inFlight", "queued", "redelivered")
+            },
+        },
+    ),
+    "DeadLetter": obj(
+        ["id", "targetId", "messageId", "productKey", "deviceName", "source", "body", "bodyEncoding", "deadAt"],
+        {
+            "id": ID,
+            "targetId": ID,
+            "messageId": {"type": "string", "description": "64-bit ID as a string"},
+            "productKey": STR,
+            "deviceName": STR,
+            "source": STR,
+            "identifier": STR,
+            "topic": nullable(STR),
+            "contentType": STR,
+            "body": {"type": "string", "description": "the message as it would have been sent"},
+            "bodyEncoding": {"enum": ["utf-8", "base64"]},
+            "createdAt": MS,
+            "deadAt": MS,
+            "tries": COUNT,
+            "failures": COUNT,
+            "lastError": nullable(STR),
+        },
+    ),
+    "DeadLetterPage": obj(
+        ["items", "next"],
+        {
+            "items": {"type": "array", "items": ref("DeadLetter")},
+            "next": nullable({"type": "string", "description": "pass as `after` for the next page"}),
+        },
+    ),
+    "ReplayInput": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "target": {**ID, "description": "only this target's dead letters"},
+            "ids": {"type": "array", "maxItems": 10000, "items": ID, "description": "only these dead letters"},
+        },
+    },
+    "ReplayResult": obj(["replayed"], {"replayed": COUNT}),
     "RotatedKey": {
         "type": "object",
         "required": ["adminKey", "keyId", "previousKeyId"],
@@ -569,6 +790,104 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             "errors": [422],
         },
     ),
+    # -- the console's endpoints (admin/console_api.py) ---------------------------------------
+    ("GET", "/api/v1/stats/overview"): (
+        "console",
+        "Devices total/online, messages/s and rejected/s now and over the last hour",
+        {
+            "parameters": [
+                query("bucket", {"enum": [1, 5, 10, 30, 60, 300], "default": 10}, "seconds per lastHour bucket")
+            ],
+            "responses": ok("Overview"),
+            "errors": [422],
+        },
+    ),
+    ("GET", "/api/v1/products/{product_key}/devices/{device_name}/events"): (
+        "console",
+        "Live events of one device (Server-Sent Events) as its reports commit",
+        {
+            "responses": {
+                "200": {
+                    "description": "An endless text/event-stream: `ready` ({deviceId}) first, then `property` "
+                    "({messageId, time, receivedAt, values}) and `message` (a Message: raw messages, events, "
+                    "rejected reports) as they commit; `overflow` ends a stream whose reader fell behind; "
+                    "comment lines keep the connection alive.",
+                    "content": {"text/event-stream": {"schema": STR}},
+                }
+            },
+            "errors": [404, 503],
+        },
+    ),
+    ("GET", "/api/v1/tools/connection"): (
+        "console",
+        "Device endpoints of both dialects and the device listener's certificates",
+        {"responses": ok("Connection")},
+    ),
+    ("GET", "/api/v1/tools/device-cert"): (
+        "console",
+        "The device listener's certificate (PEM), for device trust stores",
+        {
+            "responses": {"200": {"description": "PEM", "content": {"application/x-pem-file": {"schema": STR}}}},
+            "errors": [404],
+        },
+    ),
+    ("POST", "/api/v1/tools/sign"): (
+        "console",
+        "The signed Alibaba /auth body and Huawei /v5/device-auth body of a device",
+        {"requestBody": body(ref("SignInput")), "responses": ok("SignResult"), "errors": [404, 422]},
+    ),
+    # -- forwarding rules (admin/rules_api.py, docs/forwarding.md) ------------------------------
+    ("POST", "/api/v1/rules"): (
+        "forwarding",
+        "Create a forwarding rule",
+        {"requestBody": body(ref("RuleInput")), "responses": ok("Rule", 201, "Created"), "errors": [404, 409, 503]},
+    ),
+    ("GET", "/api/v1/rules"): (
+        "forwarding",
+        "List rules with every target's counters",
+        {"responses": ok("RulePage"), "errors": [503]},
+    ),
+    ("GET", "/api/v1/rules/{rule_id}"): ("forwarding", "Get a rule", {"responses": ok("Rule"), "errors": [404, 503]}),
+    ("PATCH", "/api/v1/rules/{rule_id}"): (
+        "forwarding",
+        "Change a rule (absent fields stay; targets: send stored ones back with their id)",
+        {"requestBody": body(ref("RulePatch")), "responses": ok("Rule"), "errors": [404, 409, 503]},
+    ),
+    ("DELETE", "/api/v1/rules/{rule_id}"): (
+        "forwarding",
+        "Delete a rule with its queued messages and dead letters",
+        {"responses": ok(None, 204, "Deleted"), "errors": [404, 503]},
+    ),
+    ("GET", "/api/v1/rules/{rule_id}/stats"): (
+        "forwarding",
+        "A rule's delivery counters, per target and summed",
+        {"responses": ok("RuleStats"), "errors": [404, 503]},
+    ),
+    ("GET", "/api/v1/rules/{rule_id}/dead-letters"): (
+        "forwarding",
+        "Messages that could not be delivered, oldest first",
+        {
+            "parameters": [
+                query("target", ID, "only this target's"),
+                query(
+                    "after", {"type": "integer", "minimum": 0, "maximum": MAX_INT64}, "the `next` of the previous page"
+                ),
+                query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+            ],
+            "responses": ok("DeadLetterPage"),
+            "errors": [404, 503],
+        },
+    ),
+    ("POST", "/api/v1/rules/{rule_id}/dead-letters:replay"): (
+        "forwarding",
+        "Queue dead letters for delivery again (default: all of the rule's)",
+        {
+            "parameters": [query("target", ID, "only this target's")],
+            "requestBody": body(ref("ReplayInput"), required=False),
+            "responses": ok("ReplayResult"),
+            "errors": [404, 503],
+        },
+    ),
 }
 
 ERROR_TEXT = {
@@ -576,6 +895,7 @@ ERROR_TEXT = {
     404: "Unknown product, device, version or sub-device",
     409: "Conflict: duplicate name, product still has devices, and similar",
     422: "Invalid input; the message names the field and the rule",
+    503: "Not available now: forwarding is not running, or too many live event streams",
 }
 PATH_PARAMS = {
     "product_key": "productKey",
@@ -583,15 +903,18 @@ PATH_PARAMS = {
     "sub_product_key": "subProductKey",
     "sub_device_name": "subDeviceName",
     "identifier": "identifier",
+    "rule_id": "ruleId",
 }
 _PARAM = re.compile(r"\{([a-z_]+)\}")
 
 
 def documented_routes() -> list[Route]:
-    from iotgate.admin.api import ROUTES
+    from iotgate.admin import api, rules_api
+    from iotgate.admin.console_api import API_ROUTES, ConsoleApi
     from iotgate.admin.ops_api import ops_routes
 
-    return [r for r in [*ROUTES, *ops_routes()] if r.path.startswith("/api/")]
+    console = [Route(path, getattr(ConsoleApi, handler), methods=[method]) for method, path, handler in API_ROUTES]
+    return [r for r in [*api.ROUTES, *ops_routes(), *rules_api.ROUTES, *console] if r.path.startswith("/api/")]
 
 
 def build_document() -> dict[str, Any]:
@@ -630,8 +953,9 @@ def build_document() -> dict[str, Any]:
         "info": {
             "title": "iotgate management API",
             "version": __version__,
-            "description": "Products, thing models, devices and their data, audit log and admin key. Every "
-            "operation needs `Authorization: Bearer <admin key>`. Errors are "
+            "description": "Products, thing models, devices and their data, forwarding rules, the console's "
+            "live statistics and tools, audit log and admin key. Every operation needs `Authorization: Bearer "
+            "<admin key>` (or, from the console, its session cookie and, on unsafe methods, X-CSRF-Token). Errors are "
             '`{"error": {"code", "message", "details"?}}`; times are milliseconds since the Unix epoch.',
         },
         "servers": [{"url": "/"}],
