@@ -12,6 +12,7 @@ import secrets
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 
 from iotgate.forward.rows import OutboxRow
@@ -84,6 +85,40 @@ async def test_webhook_posts_signed_json_in_order(receiver: WebhookReceiver) -> 
     assert headers["x-iotgate-device-name"] == first.device_name
     assert headers["x-iotgate-delivery-id"] == f"{first.message_id}-7"
     assert headers["x-iotgate-rule-id"] == "3" and headers["x-tenant"] == "blue"
+
+
+async def test_webhook_batches_keep_device_order(receiver: WebhookReceiver) -> None:
+    s = make_sink(parse_target({"type": "webhook", "url": receiver.url, "batch": 10, "secret": "k"}, "t"), 7, 3, 8)
+    many = rows(15, devices=1)  # one device with more than a batch: two requests, one after the other
+    few = [msgspec.structs.replace(r, device_id=5 + i % 3, device_name=f"d{5 + i % 3}") for i, r in enumerate(rows(9))]
+    raw = [
+        msgspec.structs.replace(r, device_id=9, content_type="application/octet-stream", body=b"\x01") for r in rows(2)
+    ]
+    groups = [many, *[[r for r in few if r.device_id == d] for d in (5, 6, 7)], raw]
+    outcome = await s.send_round(groups)
+    assert outcome == [(15, None), (3, None), (3, None), (3, None), (2, None)]
+    arrays = [(h, json.loads(b)) for h, b in receiver.records if h["content-type"] == "application/json"]
+    assert sorted(len(a) for _, a in arrays) == [5, 9, 10]  # 10 + 5 for the big device, 9 packed together
+    for headers, array in arrays:
+        assert headers["x-iotgate-batch"] == str(len(array)) and headers["x-iotgate-rule-id"] == "3"
+    big = [a for _, a in arrays if len(a) in (5, 10)]
+    assert [m["seq"] for m in big[0] + big[1]] == list(range(15))  # the first request arrived first
+    raw_posts = [b for h, b in receiver.records if h["content-type"] == "application/octet-stream"]
+    assert raw_posts == [b"\x01", b"\x01"]
+    headers, body = next((h, b) for h, b in receiver.records if h.get("x-iotgate-batch") == "9")
+    assert headers["x-iotgate-signature"] == "sha256=" + hmac.new(b"k", body, hashlib.sha256).hexdigest()
+    await s.close()
+
+    down = WebhookReceiver(status=500).start()
+    try:
+        s = make_sink(parse_target({"type": "webhook", "url": down.url, "batch": 10}, "t"), 7, 3, 8)
+        outcome = await s.send_round([many, few[:3]])
+        assert [done for done, _ in outcome] == [0, 0] and all(
+            e is not None and "HTTP 500" in str(e) for _, e in outcome
+        )
+        await s.close()
+    finally:
+        down.stop()
 
 
 async def test_webhook_failures_are_classified() -> None:

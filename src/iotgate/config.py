@@ -66,6 +66,7 @@ class Settings(msgspec.Struct, kw_only=True):
     forward_dead_letter_after_s: float = 3600.0  # failing this long moves a message to the dead letters
     forward_outbox_warn_size: int = 100_000  # log a warning while a target has more waiting messages
     forward_poll_s: float = 1.0  # how often an idle target looks for rows written by other processes
+    forward_batch_delay_ms: float = 10.0  # a target starts a delivery round at most this often
 
     # scaling and housekeeping (docs/scaling.md)
     workers: int = 1  # device-listener processes sharing the port (SO_REUSEPORT); >1 needs PostgreSQL
@@ -142,6 +143,8 @@ DESCRIPTIONS: dict[str, str] = {
     "forward_dead_letter_after_s": "A message failing this long moves to the target's dead letters.",
     "forward_outbox_warn_size": "Log a warning while a target has more messages than this waiting.",
     "forward_poll_s": "How often an idle forwarding target looks for rows written by other processes.",
+    "forward_batch_delay_ms": "A forwarding target starts a delivery round at most this often, so that under load "
+    "a round carries many messages (one bookkeeping transaction per round).",
     "log_level": "debug, info, warning, error or critical.",
     "log_format": "`auto`: JSON lines unless stderr is a terminal; `json`; `text`.",
     "access_log": "Log every request: device requests (dialect, endpoint, result, client) and admin requests.",
@@ -233,8 +236,10 @@ def validate_settings(s: Settings) -> None:
         raise ValueError("forward_batch_size, forward_concurrency and forward_outbox_warn_size must be ≥ 1")
     if not 0 < s.forward_retry_initial_s <= s.forward_retry_max_s:
         raise ValueError("forward_retry_initial_s must be > 0 and ≤ forward_retry_max_s")
-    if s.forward_dead_letter_after_s < 0 or s.forward_poll_s <= 0 or s.online_window_s <= 0:
-        raise ValueError("forward_dead_letter_after_s must be ≥ 0; forward_poll_s and online_window_s > 0")
+    if s.forward_dead_letter_after_s < 0 or s.forward_batch_delay_ms < 0:
+        raise ValueError("forward_dead_letter_after_s and forward_batch_delay_ms must be ≥ 0")
+    if s.forward_poll_s <= 0 or s.online_window_s <= 0:
+        raise ValueError("forward_poll_s and online_window_s must be > 0")
     if not 1 <= s.workers <= 64:
         raise ValueError("workers: expected 1..64")
     if s.workers > 1 and not s.database.startswith(("postgres://", "postgresql://")):

@@ -141,6 +141,8 @@ class ForwardPostgres:
         self, target_id: int, node_id: int, settle: Settlement | None, claim: int
     ) -> list[OutboxRow]:
         async def run(con: asyncpg.Connection) -> list[OutboxRow]:
+            # bookkeeping only: a settle lost in a server crash means a redelivery, not a lost message
+            await con.execute("SET LOCAL synchronous_commit TO OFF")
             if settle is not None:
                 await _settle(con, target_id, settle)
             if claim <= 0:

@@ -45,6 +45,7 @@ class ForwardSqlite:
     _write: Any
     _read: Any
     _tx: Any
+    synchronous: str
 
     async def forward_rules(self) -> list[ForwardRuleRow]:
         def run(c: sqlite3.Connection) -> tuple[list[tuple], list[tuple]]:
@@ -119,7 +120,20 @@ class ForwardSqlite:
             rows.sort(key=lambda r: r.id)
             return rows
 
-        result: list[OutboxRow] = await self._write(lambda c: self._tx(c, run))
+        def relaxed(c: sqlite3.Connection) -> list[OutboxRow]:
+            # Bookkeeping needs no fsync of its own: in WAL mode the next FULL commit (the next ingest
+            # batch) makes it durable too, and a settle lost to a power cut only means the message is
+            # delivered again. It keeps the writer thread free for ingest commits.
+            strict = self.synchronous in ("FULL", "EXTRA")
+            if strict:
+                c.execute("PRAGMA synchronous=NORMAL")
+            try:
+                return list(self._tx(c, run))
+            finally:
+                if strict:
+                    c.execute(f"PRAGMA synchronous={self.synchronous}")
+
+        result: list[OutboxRow] = await self._write(relaxed)
         return result
 
     async def forward_pending(self, target_id: int, node_id: int) -> bool:

@@ -92,10 +92,16 @@ class WebhookTarget(_Spec, tag="webhook"):
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     verify_tls: bool = True
     ca_file: str = ""
+    max_connections: int = 8  # parallel requests (connections) to the endpoint
+    batch: int = 1  # messages per request; > 1: the body is a JSON array of messages
 
     def __post_init__(self) -> None:
         _url(self.url, ("http", "https"))
         self._check_timeout()
+        if not 1 <= self.max_connections <= 256:
+            raise ValueError("maxConnections must be 1..256")
+        if not 1 <= self.batch <= 1000:
+            raise ValueError("batch must be 1..1000")
         if not self.signature_header.strip() or any(c in self.signature_header for c in ": \r\n"):
             raise ValueError("signatureHeader must be a header name")
         for name, value in self.headers.items():
@@ -112,6 +118,7 @@ class MqttTarget(_Spec, tag="mqtt"):
     username: str = ""
     password: str = ""
     protocol: str = "5"  # "5" or "3.1.1"
+    user_properties: bool = True  # MQTT 5: the names as user properties (about doubles the CPU per publish)
     verify_tls: bool = True
     ca_file: str = ""
 

@@ -1,5 +1,8 @@
 """Delivery of one target's outbox: claim a batch, deliver it device by device, settle, repeat.
 
+Rounds start at most every `forward_batch_delay_ms`, so that under load a round carries many
+messages and the bookkeeping costs one transaction per round (its outcome and the next claim).
+
 Per-device order: a round delivers each device's rows in outbox order and stops at the first
 failure of that device, leaving its later rows for the next round; devices run in parallel
 (`forward_concurrency`). A round in which nothing arrived is a target failure: the pause before
@@ -25,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotgate.forward")
 WARN_EVERY_S = 60.0
+YIELD_FACTOR = 3.0  # while the loop is saturated, delivery takes at most about 1 / (1 + this) of it
+MAX_YIELD_S = 2.0
 
 
 def now_ms() -> int:
@@ -40,15 +45,16 @@ class TargetWorker:
         self.sink = sink
         s = engine.settings
         self.batch_size = s.forward_batch_size
-        self.concurrency = s.forward_concurrency
         self.retry_initial = s.forward_retry_initial_s
         self.retry_max = s.forward_retry_max_s
         self.dead_after_ms = int(s.forward_dead_letter_after_s * 1000)
         self.poll_s = s.forward_poll_s
+        self.batch_delay = s.forward_batch_delay_ms / 1000
         self.inflight = 0
         self.failing_since: float | None = None  # monotonic time of the first failure of this streak
         self.last_error = ""
         self._backoff = self.retry_initial
+        self._round_s = 0.0
         self._last_warning = 0.0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -83,8 +89,21 @@ class TargetWorker:
     async def _run(self) -> None:
         storage, node = self.engine.storage, self.engine.node_id
         settle: Settlement | None = None
+        round_started = 0.0
         while True:
             stopping = self._stop.is_set()
+            if not stopping:
+                # pace rounds: messages committed meanwhile join this round, and a round's outcome
+                # is settled in the same transaction as the next claim. While the event loop is
+                # saturated, ingest goes first: the next round waits a few times as long as the last
+                # one took, the outbox absorbs the burst and is drained when devices calm down.
+                gap = self.batch_delay
+                if self.engine.saturated():
+                    gap = max(gap, min(MAX_YIELD_S, self._round_s * YIELD_FACTOR))
+                pause = round_started + gap - time.monotonic()
+                if pause > 0:
+                    await self._sleep(pause)
+            round_started = time.monotonic()
             self._wake.clear()  # before looking: a commit after this point wakes the next wait
             try:
                 rows = await storage.forward_cycle(self.target_id, node, settle, 0 if stopping else self.batch_size)
@@ -107,6 +126,7 @@ class TargetWorker:
                 settle = await self._deliver(rows)
             finally:
                 self.inflight = 0
+                self._round_s = time.monotonic() - round_started
             if settle.failed:
                 await self._after_failure(settle)
                 settle = None
@@ -130,22 +150,20 @@ class TargetWorker:
         devices: dict[int, list[OutboxRow]] = {}
         for row in rows:
             devices.setdefault(row.device_id, []).append(row)
-        gate = asyncio.Semaphore(self.concurrency)
+        groups = list(devices.values())
+        try:
+            outcomes = await self.sink.send_round(groups)
+        except Exception as exc:  # a sink bug must not lose the round's bookkeeping
+            log.exception("%s: sink failed unexpectedly", self.label)
+            outcomes = [(0, DeliveryError(f"{type(exc).__name__}: {exc}", uncertain=True))] * len(groups)
         errors: list[str] = []
-
-        async def lane(device_rows: list[OutboxRow]) -> None:
-            async with gate:
-                try:
-                    done, error = await self.sink.send_ordered(device_rows)
-                except Exception as exc:  # a sink bug must not lose the round's bookkeeping
-                    log.exception("%s: sink failed unexpectedly", self.label)
-                    done, error = 0, DeliveryError(f"{type(exc).__name__}: {exc}", uncertain=True)
+        for device_rows, (done, error) in zip(groups, outcomes, strict=True):
             for row in device_rows[:done]:
                 settle.delivered.append(row.id)
                 if row.maybe_delivered_before:
                     settle.redelivered += 1
             if error is None:
-                return
+                continue
             failed = device_rows[done]
             message = str(error)
             errors.append(message)
@@ -154,8 +172,6 @@ class TargetWorker:
             if self.dead_after_ms and now - started >= self.dead_after_ms:
                 settle.dead.append(failed.id)
             settle.skipped.extend(r.id for r in device_rows[done + 1 :])
-
-        await asyncio.gather(*(lane(r) for r in devices.values()))
         if errors:
             settle.error = errors[-1]
         return settle

@@ -9,10 +9,14 @@ reply). It raises `DeliveryError`; `uncertain=True` says the message may have ar
 from __future__ import annotations
 
 import abc
+import asyncio
+import logging
 import ssl
 from typing import Any
 
 from iotgate.forward.rows import OutboxRow
+
+log = logging.getLogger("iotgate.forward")
 
 
 class DeliveryError(Exception):
@@ -63,6 +67,22 @@ class Sink(abc.ABC):
     async def send(self, row: OutboxRow) -> None:
         """Deliver one row (connecting first when needed); DeliveryError when it fails."""
 
+    async def send_round(self, devices: list[list[OutboxRow]]) -> list[tuple[int, DeliveryError | None]]:
+        """Deliver one round: for each device's rows (each list in order), how many arrived and the
+        error that stopped that device. Default: devices in parallel (up to `concurrency`), each in
+        order; a sink that can batch across devices (webhook `batch`) overrides this."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def lane(rows: list[OutboxRow]) -> tuple[int, DeliveryError | None]:
+            async with gate:
+                try:
+                    return await self.send_ordered(rows)
+                except Exception as exc:  # a sink bug must not lose the round's bookkeeping
+                    log.exception("%s: sink failed unexpectedly", self.describe())
+                    return 0, DeliveryError(f"{type(exc).__name__}: {exc}", uncertain=True)
+
+        return list(await asyncio.gather(*(lane(rows) for rows in devices)))
+
     async def send_ordered(self, rows: list[OutboxRow]) -> tuple[int, DeliveryError | None]:
         """Deliver rows of one device in order: how many arrived, and the error that stopped it.
 
@@ -79,4 +99,4 @@ class Sink(abc.ABC):
         """Release connections; the sink may be used again afterwards (it reconnects)."""
 
     def describe(self) -> str:
-        return type(self).__name__
+        return f"{type(self).__name__} of target {self.target_id}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import secrets
 from urllib.parse import unquote, urlsplit
 
@@ -17,6 +18,11 @@ from paho.mqtt.properties import Properties
 from iotgate.forward.rows import OutboxRow
 from iotgate.forward.sinks.base import DeliveryError, Sink, metadata, tls_context
 from iotgate.forward.targets import MqttTarget, Template
+
+# aiomqtt warns "There are N pending publish calls" whenever more than 10 publishes await their
+# PUBACK; delivering devices in parallel does exactly that on purpose
+_client_log = logging.getLogger("iotgate.forward.mqtt.client")
+_client_log.setLevel(logging.ERROR)
 
 
 class MqttSink(Sink):
@@ -57,6 +63,7 @@ class MqttSink(Sink):
                     timeout=s.timeout_s,
                     keepalive=30,
                     max_inflight_messages=max(20, self.concurrency),
+                    logger=_client_log,
                 )
                 try:
                     await asyncio.wait_for(client.__aenter__(), self.spec.timeout_s)
@@ -76,7 +83,7 @@ class MqttSink(Sink):
         client = await self._connected()
         topic = self.topic.render(row, self.rule_id)
         props = None
-        if self.v5:
+        if self.v5 and self.spec.user_properties:
             props = Properties(PacketTypes.PUBLISH)
             props.UserProperty = list(metadata(row, self.rule_id).items())
             props.ContentType = row.content_type
