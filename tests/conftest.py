@@ -15,22 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-SEED_MODEL: dict[str, Any] = {
-    "properties": [
-        {
-            "identifier": "temperature",
-            "name": "Temperature",
-            "accessMode": "r",
-            "dataType": {"type": "int32", "specs": {"min": -10, "max": 50, "step": 1, "unit": "°C"}},
-        },
-        {
-            "identifier": "humidity",
-            "name": "Humidity",
-            "accessMode": "r",
-            "dataType": {"type": "int32", "specs": {"min": 1, "max": 100, "step": 1, "unit": "%"}},
-        },
-    ]
-}
+# the temperature/humidity model that docs/devices.md and the README call the seed model
+from iotgate.simulate import SEED_COLLECTOR_MODEL as SEED_MODEL
 
 
 def free_port() -> int:
