@@ -17,7 +17,41 @@ __all__ = ["AlinkDevice", "AsyncAlinkDevice"]
 
 
 class _AlinkBase:
-    _session: AlinkSession
+    """What both flavours share: the arguments, the session (sans-IO protocol state), its properties.
+    Each flavour adds its driver (`_connect`) and the blocking or awaitable calls."""
+
+    def __init__(
+        self,
+        product_key: str,
+        device_name: str,
+        device_secret: str,
+        endpoint: str,
+        sign_method: str = "hmacsha256",
+        *,
+        client_id: str | None = None,
+        token_ttl_s: float = ALINK_DEFAULT_TOKEN_TTL_S,
+        renew_before_s: float | None = None,
+        send_timestamp: bool = False,
+        verify: Verify = True,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+    ) -> None:
+        self._session = AlinkSession(
+            product_key,
+            device_name,
+            device_secret,
+            sign_method=sign_method,
+            client_id=client_id,
+            token_ttl_s=token_ttl_s,
+            send_timestamp=send_timestamp,
+            retry=RetryPolicy(retries=retries, backoff_s=backoff_s),
+            renew_before_s=renew_before_s,
+        )
+        self._connect(endpoint, verify, timeout)
+
+    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
+        raise NotImplementedError
 
     @property
     def product_key(self) -> str:
@@ -41,31 +75,6 @@ class _AlinkBase:
     def stats(self) -> DeviceStats:
         """Request, auth, renewal and retry counters."""
         return self._session.stats
-
-    @staticmethod
-    def _make_session(
-        product_key: str,
-        device_name: str,
-        device_secret: str,
-        sign_method: str,
-        client_id: str | None,
-        token_ttl_s: float,
-        send_timestamp: bool,
-        retries: int,
-        backoff_s: float,
-        renew_before_s: float | None,
-    ) -> AlinkSession:
-        return AlinkSession(
-            product_key,
-            device_name,
-            device_secret,
-            sign_method=sign_method,
-            client_id=client_id,
-            token_ttl_s=token_ttl_s,
-            send_timestamp=send_timestamp,
-            retry=RetryPolicy(retries=retries, backoff_s=backoff_s),
-            renew_before_s=renew_before_s,
-        )
 
 
 class AlinkDevice(_AlinkBase):
@@ -94,35 +103,7 @@ class AlinkDevice(_AlinkBase):
     ``ssl.SSLContext``, or ``False`` (no verification — testing only).
     """
 
-    def __init__(
-        self,
-        product_key: str,
-        device_name: str,
-        device_secret: str,
-        endpoint: str,
-        sign_method: str = "hmacsha256",
-        *,
-        client_id: str | None = None,
-        token_ttl_s: float = ALINK_DEFAULT_TOKEN_TTL_S,
-        renew_before_s: float | None = None,
-        send_timestamp: bool = False,
-        verify: Verify = True,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff_s: float = 0.2,
-    ) -> None:
-        self._session = self._make_session(
-            product_key,
-            device_name,
-            device_secret,
-            sign_method,
-            client_id,
-            token_ttl_s,
-            send_timestamp,
-            retries,
-            backoff_s,
-            renew_before_s,
-        )
+    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
         self._driver = SyncDriver(self._session, endpoint, verify, timeout)
 
     def auth(self) -> str:
@@ -166,35 +147,7 @@ class AsyncAlinkDevice(_AlinkBase):
             await device.post_properties({"temperature": 21})
     """
 
-    def __init__(
-        self,
-        product_key: str,
-        device_name: str,
-        device_secret: str,
-        endpoint: str,
-        sign_method: str = "hmacsha256",
-        *,
-        client_id: str | None = None,
-        token_ttl_s: float = ALINK_DEFAULT_TOKEN_TTL_S,
-        renew_before_s: float | None = None,
-        send_timestamp: bool = False,
-        verify: Verify = True,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff_s: float = 0.2,
-    ) -> None:
-        self._session = self._make_session(
-            product_key,
-            device_name,
-            device_secret,
-            sign_method,
-            client_id,
-            token_ttl_s,
-            send_timestamp,
-            retries,
-            backoff_s,
-            renew_before_s,
-        )
+    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
         self._driver = AsyncDriver(self._session, endpoint, verify, timeout)
 
     async def auth(self) -> str:

@@ -27,7 +27,33 @@ EventTime = datetime | float | str | None
 
 
 class _IotdaBase:
-    _session: IotdaSession
+    """What both flavours share: the arguments, the session (sans-IO protocol state), its properties.
+    Each flavour adds its driver (`_connect`) and the blocking or awaitable calls."""
+
+    def __init__(
+        self,
+        device_id: str,
+        secret: str,
+        endpoint: str,
+        sign_type: int = 0,
+        *,
+        renew_before_s: float | None = None,
+        verify: Verify = True,
+        timeout: float = 10.0,
+        retries: int = 3,
+        backoff_s: float = 0.2,
+    ) -> None:
+        self._session = IotdaSession(
+            device_id,
+            secret,
+            sign_type=sign_type,
+            retry=RetryPolicy(retries=retries, backoff_s=backoff_s),
+            renew_before_s=renew_before_s,
+        )
+        self._connect(endpoint, verify, timeout)
+
+    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
+        raise NotImplementedError
 
     @property
     def device_id(self) -> str:
@@ -46,18 +72,6 @@ class _IotdaBase:
     @property
     def stats(self) -> DeviceStats:
         return self._session.stats
-
-    @staticmethod
-    def _make_session(
-        device_id: str, secret: str, sign_type: int, retries: int, backoff_s: float, renew_before_s: float | None
-    ) -> IotdaSession:
-        return IotdaSession(
-            device_id,
-            secret,
-            sign_type=sign_type,
-            retry=RetryPolicy(retries=retries, backoff_s=backoff_s),
-            renew_before_s=renew_before_s,
-        )
 
 
 class IotdaDevice(_IotdaBase):
@@ -80,20 +94,7 @@ class IotdaDevice(_IotdaBase):
             device.send_message({"note": "door opened"}, name="door")
     """
 
-    def __init__(
-        self,
-        device_id: str,
-        secret: str,
-        endpoint: str,
-        sign_type: int = 0,
-        *,
-        renew_before_s: float | None = None,
-        verify: Verify = True,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff_s: float = 0.2,
-    ) -> None:
-        self._session = self._make_session(device_id, secret, sign_type, retries, backoff_s, renew_before_s)
+    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
         self._driver = SyncDriver(self._session, endpoint, verify, timeout)
 
     def auth(self) -> str:
@@ -167,20 +168,7 @@ class AsyncIotdaDevice(_IotdaBase):
             await device.report_properties("default", {"temperature": 21})
     """
 
-    def __init__(
-        self,
-        device_id: str,
-        secret: str,
-        endpoint: str,
-        sign_type: int = 0,
-        *,
-        renew_before_s: float | None = None,
-        verify: Verify = True,
-        timeout: float = 10.0,
-        retries: int = 3,
-        backoff_s: float = 0.2,
-    ) -> None:
-        self._session = self._make_session(device_id, secret, sign_type, retries, backoff_s, renew_before_s)
+    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
         self._driver = AsyncDriver(self._session, endpoint, verify, timeout)
 
     async def auth(self) -> str:
