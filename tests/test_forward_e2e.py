@@ -87,6 +87,8 @@ def dl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProces
         "1",
         "--online-window-s",
         "1.5",
+        "--forward-outbox-warn-size",
+        "5",
     ).start()
     yield proc
     proc.stop()
@@ -508,6 +510,16 @@ async def test_dead_letters_listed_and_replayed(dl_server: ServerProcess) -> Non
             wait_for, lambda: (s := stats(admin, rule["id"]))["deadLettered"] == 10 and s, 30, 0.1, "dead letters"
         )
         assert doc["delivered"] == 0 and doc["queued"] == 0
+        # the backlog passed forward_outbox_warn_size: logged by rule and target, and on /metrics
+        target_id = rule["targets"][0]["id"]
+        warnings = [
+            json.loads(line)
+            for line in dl_server.log_path.read_text().splitlines()
+            if "wait in the outbox" in line and line.startswith("{")
+        ]
+        assert any(w["rule_id"] == rule["id"] and w["target_id"] == target_id for w in warnings), warnings
+        metrics = admin.c.get("/metrics").text
+        assert f'iotgate_outbox_depth{{target="{rule["name"]}/{target_id}-webhook"}} 0.0' in metrics
         page = admin.c.get(f"/api/v1/rules/{rule['id']}/dead-letters", params={"limit": 6}).json()
         assert len(page["items"]) == 6 and page["next"]
         rest = admin.c.get(f"/api/v1/rules/{rule['id']}/dead-letters", params={"after": page["next"]}).json()
@@ -664,3 +676,35 @@ def test_cli_rule_verbs(server: ServerProcess, admin: Admin, receiver: WebhookRe
     assert missing.returncode == 1 and "404" in missing.stderr
     assert cli(server, "rule", "delete", str(rule["id"])).returncode == 0
     assert cli(server, "rule", "show", str(rule["id"])).returncode == 1
+
+
+# -- PostgreSQL, reports taken by device-worker processes ------------------------------------------------
+async def test_postgres_with_device_workers(tmp_path: Path, pg_url: str) -> None:
+    """Worker processes write the outbox rows with their batches; the main process delivers them."""
+    receiver = WebhookReceiver().start()
+    srv = ServerProcess(
+        tmp_path / "data", *QUICK, "--database", pg_url, "--workers", "2", "--node-id", "20", "--registry-poll-s", "0.3"
+    ).start()
+    try:
+        with srv.admin() as client:
+            admin = Admin(client)
+            pk = admin.product(MODEL)
+            rule = create_rule(
+                admin, source="property", productKey=pk, targets=[{"type": "webhook", "url": receiver.url}]
+            )
+            await asyncio.sleep(1.5)  # the workers pick up the new rule within registry_poll_s
+            devs = await devices(srv, admin, pk, [f"pg-{i}" for i in range(3)])
+            acked = set()
+            for i in range(20):
+                for d in devs:
+                    acked.add(str(await d.report(seq=i, temperature=5.5)))
+            await asyncio.to_thread(wait_for, lambda: receiver.count() >= 60, 30, 0.1, "deliveries")
+            assert {b["messageId"] for b in receiver.bodies()} == acked
+            assert per_device(receiver.bodies(), pk) == {d.dn: list(range(20)) for d in devs}
+            doc = wait_for(lambda: (s := stats(admin, rule["id"]))["delivered"] == 60 and s, 10, what="stats")
+            assert (doc["matched"], doc["queued"], doc["inFlight"]) == (60, 0, 0)
+            for d in devs:
+                await d.close()
+    finally:
+        srv.stop()
+        receiver.stop()

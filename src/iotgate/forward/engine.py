@@ -473,11 +473,14 @@ class Forwarder:
             added[row.target_id] = added.get(row.target_id, 0) + 1
             if row.source == "lifecycle" and row.identifier == "online":
                 self._online.add(row.device_id)
+        limit = self.settings.forward_outbox_warn_size
         for tid, n in added.items():
-            self.queued[tid] = self.queued.get(tid, 0) + n
+            queued = self.queued[tid] = self.queued.get(tid, 0) + n
             worker = self._workers.get(tid)
             if worker is not None:
                 worker.wake()
+            if queued > limit and tid not in self._warned:
+                self.check_outbox_size()
 
     def settled(self, target_id: int, settle: Settlement) -> None:
         gone = len(settle.delivered) + len(settle.dead)
@@ -636,6 +639,12 @@ class Forwarder:
                         n,
                         limit,
                         f"; last error: {worker.last_error}" if worker and worker.last_error else "",
+                        extra={
+                            "rule_id": worker.rule.id if worker else None,
+                            "rule": worker.rule.name if worker else None,
+                            "target_id": tid,
+                            "queued": n,
+                        },
                     )
                     self._warned[tid] = mono
             elif warned is not None:

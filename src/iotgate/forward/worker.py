@@ -134,10 +134,23 @@ class TargetWorker:
                 self._recovered()
 
     async def _idle(self) -> None:
-        if self.failing_since is not None:
-            await self._expire()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), self.poll_s)
+        """Wait for a commit to wake us. Rows other processes write (device workers, other nodes
+        of this node ID) are found by a cheap read every `forward_poll_s`, not by claiming."""
+        while True:
+            if self.failing_since is not None:
+                await self._expire()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+                return
+            except TimeoutError:
+                pass
+            if self._stop.is_set():
+                return
+            try:
+                if await self.engine.storage.forward_pending(self.target_id, self.engine.node_id):
+                    return
+            except Exception as exc:
+                log.warning("%s: outbox unavailable: %s", self.label, exc)
 
     async def _sleep(self, seconds: float) -> None:
         """Pause; only stopping ends it early (a new message must not cut a retry pause short)."""
