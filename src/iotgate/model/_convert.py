@@ -21,25 +21,9 @@ from collections.abc import Callable, Iterable
 from decimal import Decimal
 from typing import Any
 
-from .types import ModelError
+from .types import ModelError, type_name
 
 _INT_RE = re.compile(r"[+-]?\d+")
-
-
-def type_name(v: object) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, (int, float)):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
 
 
 def obj(v: object, path: str) -> dict[str, Any]:

@@ -205,7 +205,7 @@ def empty_model() -> ThingModel:
 # --------------------------------------------------------------------------------------------- parsing
 
 
-def _type_name(v: object) -> str:
+def type_name(v: object) -> str:
     if v is None:
         return "null"
     if isinstance(v, bool):
@@ -223,7 +223,7 @@ def _type_name(v: object) -> str:
 
 def _obj(v: object, path: str, allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(v, dict):
-        raise ModelError(f"{path}: must be an object, got {_type_name(v)}")
+        raise ModelError(f"{path}: must be an object, got {type_name(v)}")
     for k in v:
         if k not in allowed:
             raise ModelError(f"{_join(path, str(k))}: unknown field")
@@ -238,7 +238,7 @@ def _list(v: object, path: str) -> list[Any]:
     if v is None:
         return []
     if not isinstance(v, list):
-        raise ModelError(f"{path}: must be an array, got {_type_name(v)}")
+        raise ModelError(f"{path}: must be an array, got {type_name(v)}")
     return v
 
 
@@ -246,7 +246,7 @@ def _str(v: object, path: str, *, default: str | None = None, nonempty: bool = F
     if v is None and default is not None:
         return default
     if not isinstance(v, str):
-        raise ModelError(f"{path}: must be a string, got {_type_name(v)}")
+        raise ModelError(f"{path}: must be a string, got {type_name(v)}")
     if nonempty and not v:
         raise ModelError(f"{path}: must not be empty")
     return v
@@ -278,7 +278,7 @@ def _bool(v: object, path: str) -> bool:
     if v is None:
         return False
     if not isinstance(v, bool):
-        raise ModelError(f"{path}: must be a boolean, got {_type_name(v)}")
+        raise ModelError(f"{path}: must be a boolean, got {type_name(v)}")
     return v
 
 
@@ -286,7 +286,7 @@ def _extensions(v: object, path: str) -> dict[str, Any] | None:
     if v is None:
         return None
     if not isinstance(v, dict):
-        raise ModelError(f"{path}: must be an object, got {_type_name(v)}")
+        raise ModelError(f"{path}: must be an object, got {type_name(v)}")
     return v
 
 
@@ -294,7 +294,7 @@ def _number(v: object, path: str, type_: str) -> int | float | None:
     if v is None:
         return None
     if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ModelError(f"{path}: must be a number, got {_type_name(v)}")
+        raise ModelError(f"{path}: must be a number, got {type_name(v)}")
     if isinstance(v, float) and not math.isfinite(v):
         raise ModelError(f"{path}: must be a finite number")
     if type_ in INT_TYPES and isinstance(v, float):
@@ -318,7 +318,7 @@ def _int_in(v: object, path: str, lo: int, hi: int) -> int:
     if isinstance(v, float) and v.is_integer():
         v = int(v)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ModelError(f"{path}: must be an integer, got {_type_name(v)}")
+        raise ModelError(f"{path}: must be an integer, got {type_name(v)}")
     if not lo <= v <= hi:
         raise ModelError(f"{path}: must be between {lo} and {hi}, got {v}")
     return v
@@ -358,7 +358,7 @@ def _parse_data_type(v: object, path: str, allowed: frozenset[str] = DATA_TYPES)
         specs = BoolSpecs(labels={k: _str(x, _join(spath, k)) for k, x in s.items()})
     elif t == "enum":
         if not isinstance(raw, dict):
-            raise ModelError(f"{spath}: must be an object of value -> label, got {_type_name(raw)}")
+            raise ModelError(f"{spath}: must be an object of value -> label, got {type_name(raw)}")
         if not raw:
             raise ModelError(f"{spath}: an enum needs at least one value")
         values: dict[str, str] = {}
@@ -490,7 +490,7 @@ def parse_model(doc: object) -> ThingModel:
             raise ModelError(f"document is not valid JSON: {exc}") from None
     d = _obj(doc, "", _MODEL_KEYS) if isinstance(doc, dict) else None
     if d is None:
-        raise ModelError(f"document must be a JSON object, got {_type_name(doc)}")
+        raise ModelError(f"document must be a JSON object, got {type_name(doc)}")
     props, events, services = _parse_features(d, "")
     modules: list[Module] = []
     seen: set[str] = set()
