@@ -402,3 +402,15 @@ def test_export_does_not_mutate_model() -> None:
     export_alibaba(m, "pk")
     export_huawei(m, "pid")
     assert model_to_dict(m) == before
+
+
+@pytest.mark.parametrize("load", [parse_model, import_alibaba, import_huawei])
+@pytest.mark.parametrize(
+    "text",
+    [b"{nope", b'{"properties": "\xd8\xff"}', b"[" * 100_000 + b"]" * 100_000, "{nope"],
+    ids=["syntax", "invalid-utf8", "deep-nesting", "str"],
+)
+def test_undecodable_documents_are_model_errors(load: Any, text: str | bytes) -> None:
+    """Every importer decodes JSON text the same way; bytes no JSON parser accepts are a ModelError too."""
+    with pytest.raises(ModelError, match="not valid JSON"):
+        load(text)

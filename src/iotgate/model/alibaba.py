@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._convert import finish_export, finish_import, int_in, lst, num_in, num_str, obj, strip_extensions
-from .types import ModelError, ThingModel, model_to_dict, parse_model
+from .types import ModelError, ThingModel, decode_document, model_to_dict, parse_model
 
 __all__ = ["TSL_SCHEMA", "export_alibaba", "export_alibaba_module", "import_alibaba"]
 
@@ -239,14 +239,7 @@ def _doc_in(doc: object) -> dict[str, Any]:
 
 def import_alibaba(doc: object) -> ThingModel:
     """Import an Alibaba TSL document (dict or JSON text); raises :class:`ModelError` on bad documents."""
-    if isinstance(doc, (str, bytes, bytearray)):
-        import msgspec
-
-        try:
-            doc = msgspec.json.decode(doc)
-        except msgspec.DecodeError as exc:
-            raise ModelError(f"document is not valid JSON: {exc}") from None
-    return parse_model(_doc_in(doc))
+    return parse_model(_doc_in(decode_document(doc)))
 
 
 # --------------------------------------------------------------------------------------------- export

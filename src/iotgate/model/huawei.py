@@ -34,7 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._convert import finish_export, finish_import, int_in, lst, num_in, num_str, obj, strip_extensions, vendor_field
-from .types import DEFAULT_MODULE, TEXT_MAX_LENGTH, ModelError, ThingModel, model_to_dict, parse_model
+from .types import DEFAULT_MODULE, TEXT_MAX_LENGTH, ModelError, ThingModel, decode_document, model_to_dict, parse_model
 
 __all__ = ["export_huawei", "import_huawei"]
 
@@ -294,14 +294,7 @@ def _doc_in(doc: object) -> dict[str, Any]:
 
 def import_huawei(doc: object) -> ThingModel:
     """Import a Huawei IoTDA product model (dict or JSON text); raises :class:`ModelError` if bad."""
-    if isinstance(doc, (str, bytes, bytearray)):
-        import msgspec
-
-        try:
-            doc = msgspec.json.decode(doc)
-        except msgspec.DecodeError as exc:
-            raise ModelError(f"document is not valid JSON: {exc}") from None
-    return parse_model(_doc_in(doc))
+    return parse_model(_doc_in(decode_document(doc)))
 
 
 # --------------------------------------------------------------------------------------------- export

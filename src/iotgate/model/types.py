@@ -481,13 +481,19 @@ def _parse_features(d: dict[str, Any], path: str) -> tuple[list[Property], list[
     return props, events, services
 
 
-def parse_model(doc: object) -> ThingModel:
-    """Validate a model document in iotgate format (a dict, or JSON text/bytes); raise :class:`ModelError`."""
+def decode_document(doc: object) -> object:
+    """A document given as JSON text or bytes, decoded (ModelError if it is not JSON); others as they are."""
     if isinstance(doc, (str, bytes, bytearray)):
         try:
-            doc = msgspec.json.decode(doc)
-        except msgspec.DecodeError as exc:
+            return msgspec.json.decode(doc)
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise ModelError(f"document is not valid JSON: {exc}") from None
+    return doc
+
+
+def parse_model(doc: object) -> ThingModel:
+    """Validate a model document in iotgate format (a dict, or JSON text/bytes); raise :class:`ModelError`."""
+    doc = decode_document(doc)
     d = _obj(doc, "", _MODEL_KEYS) if isinstance(doc, dict) else None
     if d is None:
         raise ModelError(f"document must be a JSON object, got {type_name(doc)}")
