@@ -23,7 +23,7 @@ from iotgate.model import (
     model_to_dict,
     parse_model,
 )
-from iotgate.registry.service import DEVICE_NAME_RE, device_id_of
+from iotgate.registry.service import DEVICE_NAME_RE, DEVICE_NAME_RULE, device_id_of
 from iotgate.storage.base import DeviceRow, ProductRow, Record
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ async def create_device(request: Request) -> Response:
         raise ApiError(
             422,
             "invalid",
-            f"deviceName {name!r}: 4-32 characters of letters, digits and - _ . @ :",
+            f"deviceName {name!r}: {DEVICE_NAME_RULE}",
             [{"field": "deviceName", "reason": "pattern"}],
         )
     p = platform(request)

@@ -20,6 +20,7 @@ from iotgate.auth.signing import ALINK_SIGN_METHODS
 from iotgate.forward.formats import FORMATS as FORWARD_FORMATS
 from iotgate.forward.message import SOURCES as FORWARD_SOURCES
 from iotgate.forward.targets import TYPES as TARGET_TYPES
+from iotgate.registry.service import DEVICE_NAME_RE
 
 JSON = "application/json"
 Schema = dict[str, Any]
@@ -36,7 +37,7 @@ def nullable(schema: Schema) -> Schema:
 STR = {"type": "string"}
 INT = {"type": "integer"}
 MS = {"type": "integer", "description": "milliseconds since the Unix epoch"}
-DEVICE_NAME = {"type": "string", "pattern": r"^[A-Za-z0-9_\-.@:]{4,32}$"}
+DEVICE_NAME = {"type": "string", "pattern": DEVICE_NAME_RE.pattern}
 NODE_TYPES = ["direct", "gateway", "sub-device"]
 DATA_FORMATS = ["alink-json", "custom"]
 COUNT = {"type": "integer", "minimum": 0}

@@ -14,6 +14,7 @@ import re
 import secrets
 import string
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -30,6 +31,7 @@ DATA_FORMATS = ("alink-json", "custom")
 AUTH_TYPES = ("device-secret",)
 PRODUCT_KEY_LEN = 11
 DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-.@:]{4,32}$")
+DEVICE_NAME_RULE = "4-32 characters of letters, digits and - _ . @ :"
 CACHE_LIMIT = 200_000
 SYNC_PAGE = 10_000
 
@@ -100,7 +102,9 @@ class Registry:
         self._seq = 0
         self._syncs = 0  # bumped whenever changes are applied: a load spanning one may be stale
         self._task: asyncio.Task[None] | None = None
-        self.listeners: list[Any] = []  # callables (change, DeviceInfo | None, device_id) for lifecycle events
+        # called (change, row) after an admin action on this node created, changed or deleted a device
+        # (forwarding's lifecycle events); a failing listener is logged and does not undo the change
+        self.listeners: list[Callable[[str, DeviceRow], None]] = []
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -253,7 +257,7 @@ class Registry:
             name = name or new_device_name()
             if not DEVICE_NAME_RE.match(name):
                 raise Invalid(
-                    f"devices[{i}].deviceName {name!r}: 4-32 characters of letters, digits and - _ . @ :",
+                    f"devices[{i}].deviceName {name!r}: {DEVICE_NAME_RULE}",
                     [{"field": f"devices[{i}].deviceName", "reason": "pattern"}],
                 )
             if name in seen:
