@@ -22,6 +22,7 @@ import random
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -334,20 +335,25 @@ class SimDevice:
     secret: str
 
 
+def list_all(api: cli.AdminClient, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+    """Every item of a paged list endpoint, a page of 1000 at a time."""
+    offset = 0
+    while True:
+        page = api.call("GET", path, params={**(params or {}), "limit": 1000, "offset": offset})
+        yield from page["items"]
+        offset += len(page["items"])
+        if not page["items"] or offset >= page["total"]:
+            return
+
+
 def resolve_product(api: cli.AdminClient, product_key: str | None) -> str:
     """The given product, or the simulator's own seed-collector product (created on first use)."""
     if product_key:
         api.call("GET", f"/api/v1/products/{product_key}")
         return product_key
-    offset = 0
-    while True:
-        page = api.call("GET", "/api/v1/products", params={"limit": 1000, "offset": offset})
-        for item in page["items"]:
-            if item["name"] == SIM_PRODUCT_NAME:
-                return str(item["productKey"])
-        offset += len(page["items"])
-        if not page["items"] or offset >= page["total"]:
-            break
+    for item in list_all(api, "/api/v1/products"):
+        if item["name"] == SIM_PRODUCT_NAME:
+            return str(item["productKey"])
     created = api.call(
         "POST",
         "/api/v1/products",
@@ -377,18 +383,7 @@ def ensure_devices(api: cli.AdminClient, product_key: str, prefix: str, count: i
     """Devices {prefix}0000..: existing ones are reused (their secret read back), missing ones created."""
     width = max(4, len(str(count - 1)))
     names = [f"{prefix}{i:0{width}d}" for i in range(count)]
-    existing: set[str] = set()
-    offset = 0
-    while True:
-        page = api.call(
-            "GET",
-            f"/api/v1/products/{product_key}/devices",
-            params={"search": prefix, "limit": 1000, "offset": offset},
-        )
-        existing.update(d["deviceName"] for d in page["items"])
-        offset += len(page["items"])
-        if not page["items"] or offset >= page["total"]:
-            break
+    existing = {d["deviceName"] for d in list_all(api, f"/api/v1/products/{product_key}/devices", {"search": prefix})}
     wanted = set(names)
     missing = [n for n in names if n not in existing]
     found: dict[str, SimDevice] = {}
