@@ -41,7 +41,6 @@ __all__ = ["export_huawei", "import_huawei"]
 VENDOR = "huawei"
 STRING_LIST_SIZE = 512
 
-_DT_FIELDS = ("data_type", "enum_list", "min", "max", "max_length", "step", "unit")
 _PARA_DEFAULTS: dict[str, Any] = {
     "para_name": None,
     "data_type": None,

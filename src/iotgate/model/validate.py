@@ -103,10 +103,6 @@ def _kind(v: object) -> str:
     return type(v).__name__
 
 
-def _fmt(n: int | float) -> str:
-    return _show(n)
-
-
 # --------------------------------------------------------------------------------------------- checkers
 
 
@@ -134,10 +130,10 @@ def _number_checker(t: str, s: NumberSpecs) -> Checker:
             return INVALID
         n: Any = v
         if lo is not None and n < lo:
-            issues.append(ValidationIssue(ident, "min", f"{ident}: {_show(n)} is below min {_fmt(lo)}"))
+            issues.append(ValidationIssue(ident, "min", f"{ident}: {_show(n)} is below min {_show(lo)}"))
             return INVALID
         if hi is not None and n > hi:
-            issues.append(ValidationIssue(ident, "max", f"{ident}: {_show(n)} is above max {_fmt(hi)}"))
+            issues.append(ValidationIssue(ident, "max", f"{ident}: {_show(n)} is above max {_show(hi)}"))
             return INVALID
         if n < tlo:
             issues.append(ValidationIssue(ident, "min", f"{ident}: {_show(n)} is below the {t} minimum"))
@@ -160,8 +156,8 @@ def _number_checker(t: str, s: NumberSpecs) -> Checker:
                     ValidationIssue(
                         ident,
                         "step",
-                        f"{ident}: {_show(n)} is not a multiple of step {_fmt(step)}"
-                        + (f" from min {_fmt(lo)}" if lo is not None else ""),
+                        f"{ident}: {_show(n)} is not a multiple of step {_show(step)}"
+                        + (f" from min {_show(lo)}" if lo is not None else ""),
                     )
                 )
                 return INVALID
