@@ -14,6 +14,7 @@ from starlette.routing import Route
 
 from iotgate.admin.errors import ApiError
 from iotgate.model import (
+    Property,
     ThingModel,
     diff_models,
     export_alibaba,
@@ -478,15 +479,13 @@ async def device_properties(request: Request) -> Response:
     return json({"items": items})
 
 
-def _property_json(identifier: str, prop: Any, value: Any, ts: int | None) -> dict[str, Any]:
-    data_type = getattr(prop, "data_type", None)
-    specs = getattr(data_type, "specs", None)
+def _property_json(identifier: str, prop: Property, value: Any, ts: int | None) -> dict[str, Any]:
     return {
         "identifier": identifier,
-        "name": getattr(prop, "name", identifier),
-        "dataType": getattr(data_type, "type", None),
-        "unit": getattr(specs, "unit", None) or None,
-        "accessMode": getattr(prop, "access_mode", None),
+        "name": prop.name,
+        "dataType": prop.data_type.type,
+        "unit": prop.data_type.unit or None,
+        "accessMode": prop.access_mode,
         "value": value,
         "time": ts,
     }
