@@ -140,6 +140,12 @@ class Admin:
         assert r.status_code == 200, r.text
         return {p["identifier"]: p for p in r.json()["items"]}
 
+    def history(self, pk: str, dn: str, identifier: str = "temperature") -> list[tuple[int, Any]]:
+        """(time, value) of every stored point of a property (up to 10,000), newest first."""
+        r = self.c.get(f"/api/v1/products/{pk}/devices/{dn}/properties/{identifier}/history", params={"limit": 10000})
+        assert r.status_code == 200, r.text
+        return [(p["time"], p["value"]) for p in r.json()["items"]]
+
     def messages(self, pk: str, dn: str, kind: str | None = None) -> list[dict[str, Any]]:
         r = self.c.get(f"/api/v1/products/{pk}/devices/{dn}/messages", params={"kind": kind} if kind else {})
         assert r.status_code == 200, r.text

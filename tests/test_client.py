@@ -61,12 +61,6 @@ def product(admin: Admin) -> str:
     return admin.product(MODULE_MODEL)
 
 
-def history(admin: Admin, pk: str, dn: str, identifier: str) -> list[tuple[int, Any]]:
-    r = admin.c.get(f"/api/v1/products/{pk}/devices/{dn}/properties/{identifier}/history", params={"limit": 10000})
-    assert r.status_code == 200, r.text
-    return [(p["time"], p["value"]) for p in r.json()["items"]]
-
-
 def alink(server: ServerProcess, dev: dict[str, Any], **kw: Any) -> AlinkDevice:
     return AlinkDevice(
         dev["productKey"], dev["deviceName"], dev["deviceSecret"], server.device_url, verify=server.cert, **kw
@@ -96,7 +90,7 @@ def test_alink_sync_auth_and_every_report_type(server: ServerProcess, admin: Adm
     status = admin.properties(product, "alink-sync")
     assert status["temperature"]["value"] == 21 and status["humidity"]["value"] == 40  # newest time wins
     assert status["battery:level"]["value"] == 87.5
-    assert (int(at.timestamp() * 1000), 22) in history(admin, product, "alink-sync", "temperature")
+    assert (int(at.timestamp() * 1000), 22) in admin.history(product, "alink-sync", "temperature")
     events = admin.messages(product, "alink-sync", "event")
     assert [(e["identifier"], e["messageId"]) for e in events] == [("overheat", str(event_id))]
     custom = admin.messages(product, "alink-sync", "message")
@@ -124,7 +118,7 @@ async def test_alink_async_reports_share_one_token(server: ServerProcess, admin:
         assert device.stats.auths == 1  # 20 concurrent first calls, one /auth
         assert await device.post_event("overheat", {"temperature": 70}) > 0
         assert await device.publish(f"/{product}/alink-async/user/x", b"hi") > 0
-    points = history(admin, product, "alink-async", "temperature")
+    points = admin.history(product, "alink-async", "temperature")
     assert sorted(points) == [(base + i, i) for i in range(20)]
     assert len(admin.messages(product, "alink-async", "event,message")) == 2
 
@@ -144,7 +138,7 @@ def test_iotda_sync_auth_and_every_report_type(server: ServerProcess, admin: Adm
         assert device.stats.auths == 1
     status = admin.properties(product, "iotda-sync")
     assert status["temperature"]["value"] == 31 and status["battery:level"]["value"] == 12.5
-    assert (int(at.timestamp() * 1000), 30) in history(admin, product, "iotda-sync", "temperature")
+    assert (int(at.timestamp() * 1000), 30) in admin.history(product, "iotda-sync", "temperature")
     [message] = admin.messages(product, "iotda-sync", "message")
     assert json.loads(message["payload"]) == {"name": "door", "id": "m-1", "content": {"door": "open"}}
 
@@ -161,7 +155,7 @@ async def test_iotda_async_reports(server: ServerProcess, admin: Admin, product:
         assert device.stats.auths == 1
         await device.report_services([ServiceProperties("battery", {"level": 99.0})])
         await device.send_message("plain text content")
-    assert sorted(v for _, v in history(admin, product, "iotda-async", "humidity")) == list(range(10, 20))
+    assert sorted(v for _, v in admin.history(product, "iotda-async", "humidity")) == list(range(10, 20))
     assert admin.properties(product, "iotda-async")["battery:level"]["value"] == 99.0
     assert json.loads(admin.messages(product, "iotda-async", "message")[0]["payload"]) == {
         "content": "plain text content"
@@ -257,9 +251,7 @@ def test_revoked_token_is_replaced_and_the_report_resent(server: ServerProcess, 
         with pytest.raises(IotdaError) as iotda_disabled:
             h.report_properties("default", {"temperature": 6})
         assert iotda_disabled.value.code == "IOTDA.000002"
-    assert sorted(history(admin, product, "revoked", "temperature")) == [
-        (1_700_000_000_000 + i, i) for i in range(1, 5)
-    ]
+    assert sorted(admin.history(product, "revoked", "temperature")) == [(1_700_000_000_000 + i, i) for i in range(1, 5)]
 
 
 def test_connection_failures_are_retried_then_typed(server: ServerProcess) -> None:
@@ -360,6 +352,6 @@ async def test_async_gateway_batch_and_partial_failure(
             await gw.report_sub_properties(late)
         assert (failed.value.code, failed.value.status) == ("IOTDA.021104", 400)
         assert (failed.value.accepted, failed.value.chunk) == (50, 1)
-    assert (1_700_000_100_000, 7) in history(admin, sub_pk, names[0], "temperature")
-    assert (at, 3) in history(admin, sub_pk, names[49], "humidity")
-    assert (at, 3) not in history(admin, sub_pk, names[50], "humidity")
+    assert (1_700_000_100_000, 7) in admin.history(sub_pk, names[0], "temperature")
+    assert (at, 3) in admin.history(sub_pk, names[49], "humidity")
+    assert (at, 3) not in admin.history(sub_pk, names[50], "humidity")

@@ -26,12 +26,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc.stop()
 
 
-def history(admin: Admin, pk: str, dn: str) -> list[tuple[int, Any]]:
-    r = admin.c.get(f"/api/v1/products/{pk}/devices/{dn}/properties/temperature/history", params={"limit": 10000})
-    assert r.status_code == 200, r.text
-    return sorted((p["time"], p["value"]) for p in r.json()["items"])
-
-
 def test_sync_devices_survive_token_expiry(server: ServerProcess, admin: Admin) -> None:
     pk = admin.product(SEED_MODEL)
     dev = admin.device(pk, "sync-expiry")
@@ -68,7 +62,7 @@ def test_sync_devices_survive_token_expiry(server: ServerProcess, admin: Admin) 
     with ThreadPoolExecutor(2) as pool:
         runs = [pool.submit(alink_run), pool.submit(iotda_run)]
         sent = [point for run in runs for point in run.result()]
-    assert history(admin, pk, "sync-expiry") == sorted(sent)
+    assert sorted(admin.history(pk, "sync-expiry")) == sorted(sent)
 
 
 async def test_async_devices_survive_token_expiry(server: ServerProcess, admin: Admin) -> None:
@@ -108,4 +102,4 @@ async def test_async_devices_survive_token_expiry(server: ServerProcess, admin: 
         assert a.stats.renewals >= 1 and h.stats.renewals >= 1
         # four concurrent IoTDA tasks started together, yet one initial auth (the rest are renewals)
         assert h.stats.auths - h.stats.renewals - h.stats.reauths == 1
-    assert history(admin, pk, "async-expiry") == sorted(sent)
+    assert sorted(admin.history(pk, "async-expiry")) == sorted(sent)

@@ -20,9 +20,7 @@ def run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]
 
 
 def points(admin: Admin, pk: str, dn: str, identifier: str) -> list[object]:
-    r = admin.c.get(f"/api/v1/products/{pk}/devices/{dn}/properties/{identifier}/history")
-    assert r.status_code == 200, r.text
-    return [p["value"] for p in r.json()["items"]]
+    return [value for _, value in admin.history(pk, dn, identifier)]
 
 
 @pytest.fixture(scope="module")

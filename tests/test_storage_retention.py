@@ -28,9 +28,7 @@ def server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 def history(admin: Admin, pk: str, dn: str) -> list[int]:
-    r = admin.c.get(f"/api/v1/products/{pk}/devices/{dn}/properties/temperature/history", params={"limit": 10000})
-    assert r.status_code == 200, r.text
-    return [int(p["time"]) for p in r.json()["items"]]
+    return [t for t, _ in admin.history(pk, dn)]
 
 
 def test_old_history_goes_fresh_history_stays(server: ServerProcess, admin: Admin) -> None:
