@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -42,6 +42,29 @@ def browser_like(server: ServerProcess, session: tuple[str, str]) -> Iterator[ht
 def device(admin: Admin) -> dict[str, Any]:
     pk = admin.product(SEED_MODEL)
     return admin.device(pk, "console-api-01")
+
+
+def read_events(
+    stream: httpx.Response,
+    on_ready: Callable[[], None],
+    done: Callable[[list[tuple[str, Any]]], bool],
+    within_s: float,
+) -> list[tuple[str, Any]]:
+    """(event, data) of a Server-Sent Events stream, calling on_ready when `ready` arrives, until done(events)
+    or within_s has passed (checked as lines arrive; the server sends a keep-alive every 15 s)."""
+    events: list[tuple[str, Any]] = []
+    name = None
+    deadline = time.monotonic() + within_s
+    for line in stream.iter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            events.append((str(name), json.loads(line[6:])))
+            if name == "ready":
+                on_ready()
+        if done(events) or time.monotonic() > deadline:
+            break
+    return events
 
 
 class AlinkReporter:
@@ -176,7 +199,11 @@ def test_event_stream_delivers_reports_as_they_commit(
 ) -> None:
     path = f"/api/v1/products/{device['productKey']}/devices/{device['deviceName']}/events"
     reporter = AlinkReporter(server, device)
-    events: list[tuple[str, Any]] = []
+
+    def report() -> None:
+        assert reporter.post({"temperature": 33, "humidity": 44})["code"] == 0
+        assert reporter.post({"humidity": 0})["code"] != 0
+
     headers = {"Cookie": f"{COOKIE}={session[0]}"}
     with (
         httpx.Client(base_url=server.admin_url, timeout=10) as c,
@@ -184,18 +211,7 @@ def test_event_stream_delivers_reports_as_they_commit(
     ):
         assert stream.status_code == 200
         assert stream.headers["content-type"].startswith("text/event-stream")
-        name = None
-        deadline = time.monotonic() + 10
-        for line in stream.iter_lines():
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                events.append((str(name), json.loads(line[6:])))
-                if name == "ready":
-                    assert reporter.post({"temperature": 33, "humidity": 44})["code"] == 0
-                    assert reporter.post({"humidity": 0})["code"] != 0
-            if len(events) >= 3 or time.monotonic() > deadline:
-                break
+        events = read_events(stream, report, lambda events: len(events) >= 3, 10)
     kinds = [e[0] for e in events]
     assert kinds == ["ready", "property", "message"], events
     assert events[0][1]["deviceId"] == device["deviceId"]
@@ -341,25 +357,18 @@ def test_event_stream_follows_the_database_when_workers_ingest(
             stats = c.get("/api/v1/stats/overview").json()
             assert stats["ratesScope"] == "this-process"
         reporter = AlinkReporter(srv, dev)
+
+        def report() -> None:
+            assert reporter.post({"temperature": 31, "humidity": 41})["code"] == 0
+            assert reporter.post({"temperature": 61})["code"] != 0
+
         path = f"/api/v1/products/{dev['productKey']}/devices/{dev['deviceName']}/events"
-        events: list[tuple[str, Any]] = []
         with (
             srv.admin() as c,
             c.stream("GET", path) as stream,
         ):
             assert stream.status_code == 200
-            name = None
-            deadline = time.monotonic() + 20
-            for line in stream.iter_lines():
-                if line.startswith("event: "):
-                    name = line[7:]
-                elif line.startswith("data: "):
-                    events.append((str(name), json.loads(line[6:])))
-                    if name == "ready":
-                        assert reporter.post({"temperature": 31, "humidity": 41})["code"] == 0
-                        assert reporter.post({"temperature": 61})["code"] != 0
-                if {e[0] for e in events} >= {"property", "message"} or time.monotonic() > deadline:
-                    break
+            events = read_events(stream, report, lambda events: {e[0] for e in events} >= {"property", "message"}, 20)
         props = [e[1] for e in events if e[0] == "property"]
         msgs = [e[1] for e in events if e[0] == "message"]
         assert props and props[-1]["values"] == {"temperature": 31, "humidity": 41}, events
