@@ -18,7 +18,7 @@ import pytest
 from starlette.routing import Route
 
 from conftest import SEED_MODEL, Admin, ServerProcess
-from iotgate.admin.app import PUBLIC_PREFIXES, create_admin_app
+from iotgate.admin.app import PUBLIC_API_PATHS, create_admin_app
 from iotgate.admin.ops_api import key_id
 from iotgate.auth.secretbox import SecretBox
 from iotgate.config import Settings
@@ -54,7 +54,7 @@ def fill(path: str) -> str:
 
 def test_every_api_route_refuses_without_the_key(srv: ServerProcess) -> None:
     routes = api_routes()
-    protected = [(m, p) for m, p in routes if p not in PUBLIC_PREFIXES]
+    protected = [(m, p) for m, p in routes if p not in PUBLIC_API_PATHS]
     assert len(protected) >= 25  # the management API, the audit log, key rotation, the console's API
     with httpx.Client(base_url=srv.admin_url, timeout=10) as anon:
         for method, path in protected:

@@ -20,7 +20,7 @@ from iotgate.model import ModelError
 if TYPE_CHECKING:
     from iotgate.server import Platform
 
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/api/v1/openapi.json", "/api/v1/docs")
+PUBLIC_API_PATHS = ("/api/v1/openapi.json", "/api/v1/docs")  # the only /api paths served without a key
 
 
 class AdminKeyAuth:
@@ -33,7 +33,7 @@ class AdminKeyAuth:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             path: str = scope["path"]
-            if path.startswith("/api/") and path not in PUBLIC_PREFIXES:  # exact: no prefix tricks
+            if path.startswith("/api/") and path not in PUBLIC_API_PATHS:  # exact: no prefix tricks
                 if not self.authorized(scope):
                     if scope.get("iotgate.csrf_failed"):  # a console session without its CSRF token
                         resp = error_response(403, "csrf_failed", "the X-CSRF-Token header is missing or wrong")
