@@ -152,6 +152,25 @@ class Admin:
         return list(r.json()["items"])
 
 
+def api_routes() -> list[tuple[str, str]]:
+    """(method, path) of every route under /api/ of the admin app as the server builds it (not started)."""
+    from starlette.routing import Route
+
+    from iotgate.admin.app import create_admin_app
+    from iotgate.config import Settings
+    from iotgate.server import Platform
+
+    app = create_admin_app(Platform(Settings(data_dir="/nonexistent")))
+    while not hasattr(app, "routes"):  # unwrap the middleware layers down to Starlette
+        app = app.app  # type: ignore[attr-defined]
+    out = []
+    for route in app.routes:  # type: ignore[attr-defined]
+        if isinstance(route, Route) and route.path.startswith("/api/"):
+            for method in sorted(route.methods or ()):
+                out.append((method, route.path))
+    return out
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One TLS server per test module (the embedded default: SQLite, self-signed certificate)."""

@@ -15,15 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from starlette.routing import Route
 
-from conftest import SEED_MODEL, Admin, ServerProcess
-from iotgate.admin.app import PUBLIC_API_PATHS, create_admin_app
+from conftest import SEED_MODEL, Admin, ServerProcess, api_routes
+from iotgate.admin.app import PUBLIC_API_PATHS
 from iotgate.admin.ops_api import key_id
 from iotgate.auth.secretbox import SecretBox
-from iotgate.config import Settings
 from iotgate.gateway.tls import server_context
-from iotgate.server import Platform
 from iotgate.storage.base import AuditEntry
 from iotgate.storage.sqlite import SqliteStorage
 
@@ -33,19 +30,6 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     proc = ServerProcess(tmp_path_factory.mktemp("ops-sec") / "data").start()
     yield proc
     proc.stop()
-
-
-def api_routes() -> list[tuple[str, str]]:
-    """(method, path) of every route under /api/ of the admin app as the server builds it."""
-    app = create_admin_app(Platform(Settings(data_dir="/nonexistent")))
-    while not hasattr(app, "routes"):  # unwrap the middleware layers down to Starlette
-        app = app.app  # type: ignore[attr-defined]
-    out = []
-    for route in app.routes:  # type: ignore[attr-defined]
-        if isinstance(route, Route) and route.path.startswith("/api/"):
-            for method in sorted(route.methods or ()):
-                out.append((method, route.path))
-    return out
 
 
 def fill(path: str) -> str:
