@@ -85,6 +85,23 @@ async def test_a_few_reports_wait_for_the_end_of_the_pass_then_commit_together(t
         await storage.close()
 
 
+async def test_the_records_of_one_request_share_a_batch(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage)
+    ingestor.start()
+    sizes: list[int] = []
+    ingestor.after_commit.append(lambda records: sizes.append(len(records)))
+    try:
+        single = [ingestor.submit(record(1)) for _ in range(3)]
+        gateway = ingestor.submit_many([record(100 + i) for i in range(40)])  # more than EAGER_BATCH
+        await asyncio.gather(*single, *gateway)
+        assert sizes == [43]  # started once all 40 were queued, none of them split off
+    finally:
+        await ingestor.stop()
+        await storage.close()
+
+
 async def test_stop_commits_what_is_pending_then_refuses(tmp_path: Path) -> None:
     storage = SqliteStorage(tmp_path / "db.sqlite")
     await storage.open()

@@ -24,7 +24,7 @@ from iotgate.errors import (
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.limits import RateLimiter
 from iotgate.ingest.pipeline import Ingestor
-from iotgate.model import ValidationIssue
+from iotgate.model import CompiledModel, ValidationIssue
 from iotgate.registry.service import DeviceInfo, Registry
 from iotgate.storage.base import DeviceRow, Record
 
@@ -129,13 +129,16 @@ class DeviceCore:
     # -- reports --------------------------------------------------------------------------
     async def validate(self, report: PropertyReport) -> list[tuple[int, dict[str, Any]]]:
         """Accepted (ts, values) groups, or ReportRejected naming every bad value."""
-        model = await self.registry.compiled_model(report.device.product_key)
+        return self._validate(await self.registry.compiled_model(report.device.product_key), report, now_ms())
+
+    def _validate(
+        self, model: CompiledModel | None, report: PropertyReport, now: int
+    ) -> list[tuple[int, dict[str, Any]]]:
         if model is None:
             raise ReportRejected(
                 f"product {report.device.product_key} has no published thing model",
                 [{"identifier": "", "rule": "model", "message": "publish the product's thing model first"}],
             )
-        now = now_ms()
         out: list[tuple[int, dict[str, Any]]] = []
         issues: list[ValidationIssue] = []
         for ts, values in report.groups:
@@ -167,9 +170,14 @@ class DeviceCore:
         """A gateway batch: all children valid, or nothing is stored (each rejection recorded)."""
         accepted: list[tuple[PropertyReport, list[tuple[int, dict[str, Any]]]]] = []
         failures: list[tuple[PropertyReport, ReportRejected]] = []
+        models: dict[str, CompiledModel | None] = {}  # children mostly share one product
+        now = now_ms()
         for report in reports:
+            product_key = report.device.product_key
+            if product_key not in models:
+                models[product_key] = await self.registry.compiled_model(product_key)
             try:
-                accepted.append((report, await self.validate(report)))
+                accepted.append((report, self._validate(models[product_key], report, now)))
             except ReportRejected as exc:
                 failures.append((report, exc))
         if failures:
@@ -182,26 +190,25 @@ class DeviceCore:
 
     async def _commit_groups(self, items: list[tuple[PropertyReport, list[tuple[int, dict[str, Any]]]]]) -> int:
         received = now_ms()
-        futures = []
-        first_id = 0
-        for report, groups in items:
-            for ts, values in groups:
-                message_id = self.ids.next()
-                first_id = first_id or message_id
-                record = Record(
-                    message_id=message_id,
-                    device_id=report.device.id,
-                    kind="property",
-                    ts=ts,
-                    received_at=received,
-                    values=values,
-                    topic=report.topic,  # not stored with history; forwarding names the request by them
-                    payload=report.payload,
-                )
-                futures.append(self.ingestor.submit(record))
-        for fut in futures:
+        next_id = self.ids.next
+        records = [
+            Record(
+                message_id=next_id(),
+                device_id=report.device.id,
+                kind="property",
+                ts=ts,
+                received_at=received,
+                values=values,
+                topic=report.topic,  # not stored with history; forwarding names the request by them
+                payload=report.payload,
+            )
+            for report, groups in items
+            for ts, values in groups
+        ]
+        # one request's records go into one batch (one transaction), not split by an early commit
+        for fut in self.ingestor.submit_many(records):
             await fut
-        return first_id
+        return records[0].message_id if records else 0
 
     async def report_event(
         self,

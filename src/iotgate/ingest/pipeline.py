@@ -66,13 +66,22 @@ class Ingestor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="ingest-writer")
 
     def submit(self, record: Record) -> asyncio.Future[None]:
+        return self.submit_many([record])[0]
+
+    def submit_many(self, records: list[Record]) -> list[asyncio.Future[None]]:
+        """Queue the records of one request together: they commit in the same batch (unless it
+        would exceed max_reports), and each future resolves once its record is committed."""
         if self._closing:
             raise ShuttingDown("server is shutting down")
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
+        futures: list[asyncio.Future[None]] = [loop.create_future() for _ in records]
         if not self._pending:
             self._first_at = loop.time()
-        self._pending.append((record, fut))
+        self._pending.extend(zip(records, futures, strict=True))
+        self._queued(loop)
+        return futures
+
+    def _queued(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._eager:
             if not self._draining:
                 if len(self._pending) >= EAGER_BATCH:  # a busy pass: commit these now, mid-pass
@@ -80,11 +89,10 @@ class Ingestor:
                 elif not self._kick_soon:  # otherwise once this pass's handlers have run
                     self._kick_soon = True
                     loop.call_soon(self._kick)
-            return fut
+            return
         self._wake.set()
         if len(self._pending) >= self.max_reports:
             self._full.set()
-        return fut
 
     async def commit(self, record: Record) -> None:
         await self.submit(record)
