@@ -112,7 +112,8 @@ DESCRIPTIONS: dict[str, str] = {
     "master_key": "Key (32 bytes, url-safe base64) that encrypts device secrets at rest. Empty: the data dir's "
     "`master-key` file (created on first start).",
     "commit_max_reports": "Most reports per group commit (one database transaction).",
-    "commit_max_delay_ms": "Longest wait for more reports before a commit; 0: commit as soon as the writer is free.",
+    "commit_max_delay_ms": "Longest wait for more reports before a commit with PostgreSQL; 0: commit as soon as the writer is "
+    "free. SQLite always commits as soon as its writer is free and batches what arrives meanwhile.",
     "sqlite_synchronous": "SQLite `synchronous` pragma: FULL (durable on power loss), NORMAL, OFF or EXTRA.",
     "alink_token_ttl_s": "Lifetime of an Alink `/auth` token (Alibaba: 7 days).",
     "iotda_token_ttl_s": "Lifetime of an IoTDA `/v5/device-auth` access token.",
