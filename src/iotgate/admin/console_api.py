@@ -137,9 +137,13 @@ class LiveFeed:
         self._streams: dict[int, set[_Stream]] = {}
         self.count = 0
 
-    def open(self, device_id: int) -> _Stream:
+    def check_capacity(self) -> None:
+        """503 once max_streams streams are open (pushed from here or polled from the database)."""
         if self.count >= self.max_streams:
             raise ApiError(503, "too_many_streams", f"at most {self.max_streams} live streams; close some tabs")
+
+    def open(self, device_id: int) -> _Stream:
+        self.check_capacity()
         stream = _Stream(device_id)
         self._streams.setdefault(device_id, set()).add(stream)
         self.count += 1
@@ -256,10 +260,7 @@ class ConsoleApi:
         row = await p.registry.device(request.path_params["product_key"], request.path_params["device_name"])
         ready = b"retry: 3000\n" + sse("ready", {"deviceId": device_id_of(row.product_key, row.device_name)})
         if self.shared_ingest:
-            if self.feed.count >= self.feed.max_streams:
-                raise ApiError(
-                    503, "too_many_streams", f"at most {self.feed.max_streams} live streams; close some tabs"
-                )
+            self.feed.check_capacity()
             return _event_stream(self._polled(row.id, ready))
         stream = self.feed.open(row.id)
 
