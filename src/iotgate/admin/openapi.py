@@ -1,8 +1,9 @@
 """The OpenAPI 3.1 document of the management API and a self-contained docs page (no CDN).
 
 Paths come from the route tables (`admin/api.py`, `admin/ops_api.py`, `admin/rules_api.py`, the
-console's `admin/console_api.py`), so a route cannot be missing from the document; each operation's parameters, request body and responses are written
-out below (`OPERATIONS`), and tests/test_openapi.py fails for a route without an entry there.
+console's `admin/console_api.py`), so a route cannot be missing from the document; each operation's
+parameters, request body and responses are written out below (`OPERATIONS`), and tests/test_openapi.py
+fails for a route the admin app serves without an entry there.
 Schemas are JSON Schema 2020-12, as OpenAPI 3.1 uses it.
 """
 
