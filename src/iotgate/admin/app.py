@@ -54,8 +54,8 @@ class AdminKeyAuth:
                 if ok:
                     scope[ops_api.ACTOR_KEY] = ops_api.key_id(key.strip())
                 return ok
-        checker = getattr(self.platform, "console_session_ok", None)
-        ok = bool(checker and checker(scope))
+        console = getattr(self.platform, "console", None)  # admin/console.py's ConsoleApp, when installed
+        ok = console is not None and console.sessions.check(scope)
         if ok:
             scope[ops_api.ACTOR_KEY] = ops_api.console_actor(scope)
         return ok

@@ -247,14 +247,13 @@ async def _to_console(request: Request) -> Response:
 
 
 def console_routes(platform: Platform) -> list[Any]:
-    """Routes of the console (Route and Mount objects); also installs the session check and live-data hooks."""
+    """Routes of the console (Route and Mount objects). Sets `platform.console`, whose sessions AdminKeyAuth
+    and key rotation use; the console API hooks itself into the ingestor for live data."""
     from iotgate.admin.console_api import ConsoleApi
 
     app = ConsoleApp(platform)
     api = ConsoleApi(platform)
-    platform.console_session_ok = app.sessions.check  # type: ignore[attr-defined]
     platform.console = app  # type: ignore[attr-defined]
-    platform.console_api = api  # type: ignore[attr-defined]
     return [
         Route("/", _to_console, methods=["GET"]),
         Route("/console", _to_console, methods=["GET"]),
