@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import Admin, ServerProcess
+from conftest import SEED_MODEL, Admin, ServerProcess
 from iotgate.auth import tokens
 from iotgate.auth.signing import alink_auth_body, alink_sign, iotda_auth_body
 from test_listener_support import (
@@ -25,18 +25,7 @@ from test_listener_support import (
 
 MODEL: dict[str, Any] = {
     "properties": [
-        {
-            "identifier": "temperature",
-            "name": "Temperature",
-            "accessMode": "r",
-            "dataType": {"type": "int32", "specs": {"min": -10, "max": 50, "step": 1, "unit": "°C"}},
-        },
-        {
-            "identifier": "humidity",
-            "name": "Humidity",
-            "accessMode": "r",
-            "dataType": {"type": "int32", "specs": {"min": 1, "max": 100, "step": 1}},
-        },
+        *SEED_MODEL["properties"],
         {
             "identifier": "voltage",
             "name": "Voltage",
