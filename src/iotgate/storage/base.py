@@ -155,7 +155,9 @@ class Record(msgspec.Struct, kw_only=True, array_like=True):
 class RegistryEvent(msgspec.Struct, kw_only=True):
     seq: int
     device_id: int
-    change: str  # created, deleted, enabled, disabled, secret-reset, token-epoch, updated
+    # a device's: created, deleted, enabled, disabled, secret-reset, token-epoch, updated;
+    # with device_id 0, a product's: model:<productKey> (published), product:<productKey> (changed)
+    change: str
     at: int
 
     @classmethod
