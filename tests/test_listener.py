@@ -300,15 +300,14 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path_factory: pytest.TempPat
             time.sleep(0.5)
             assert proc.proc is not None
             proc.proc.send_signal(signal.SIGTERM)
-            time.sleep(0.3)
+            with pytest.raises(OSError):  # shutdown has begun once new connections are refused
+                for _ in range(100):
+                    Wire(proc.device_port).close()
+                    time.sleep(0.05)
             b.send(half[-10:])
             ra, rb = a.response(), b.response()
             assert ra.code == 0 and rb.code == 0
             assert rb.headers["connection"] == "close"
-            with pytest.raises(OSError):  # no new connections once shutting down
-                for _ in range(50):
-                    Wire(proc.device_port).close()
-                    time.sleep(0.1)
         assert proc.stop(timeout=30) == 0
     finally:
         proc.stop()
