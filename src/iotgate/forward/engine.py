@@ -54,6 +54,7 @@ REGISTRY_CHANGES = ("created", "deleted", "enabled", "disabled")
 STOP_TIMEOUT_S = 10.0
 LAG_PROBE_S = 0.02
 SATURATED_LAG_S = 0.01  # the event loop runs this late: ingest and delivery want more CPU than there is
+INGEST_ACTIVE_S = 0.1
 ORPHAN_SWEEP_S = 300.0
 WARN_EVERY_S = 60.0
 
@@ -94,6 +95,9 @@ class Forwarder:
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self.loop_lag = 0.0  # how late the event loop runs (s), smoothed
+        self._last_build = 0.0  # monotonic time of the last ingest batch
+        self.round_gate = asyncio.Lock()  # while devices report: one target's delivery round at a time
+        self.next_round_at = 0.0
         self._lifecycle_task: asyncio.Task[None] | None = None
 
     # -- start / stop ----------------------------------------------------------------------
@@ -330,6 +334,7 @@ class Forwarder:
     async def build(self, records: list[Record]) -> OutboxBatch | None:
         """Outbox rows and counters for a batch about to commit (called by the Ingestor)."""
         by_source = self._by_source
+        self._last_build = time.monotonic()
         if not by_source:
             return None
         lifecycle = by_source.get("lifecycle")
@@ -609,6 +614,10 @@ class Forwarder:
 
     def saturated(self) -> bool:
         return self.loop_lag > SATURATED_LAG_S
+
+    def ingest_active(self) -> bool:
+        """Devices are reporting into this process (a batch committed in the last 100 ms)."""
+        return time.monotonic() - self._last_build < INGEST_ACTIVE_S
 
     # -- housekeeping and metrics ------------------------------------------------------------
     async def _housekeeping_loop(self) -> None:

@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotgate.forward")
 WARN_EVERY_S = 60.0
-YIELD_FACTOR = 3.0  # while the loop is saturated, delivery takes at most about 1 / (1 + this) of it
+# while devices report (and more so while the loop lags), a round is followed by a pause this many
+# times its length: delivery takes at most about 1 / (1 + factor) of the time
+YIELD_ACTIVE = 1.0
+YIELD_SATURATED = 3.0
 MAX_YIELD_S = 2.0
 
 
@@ -54,7 +57,6 @@ class TargetWorker:
         self.failing_since: float | None = None  # monotonic time of the first failure of this streak
         self.last_error = ""
         self._backoff = self.retry_initial
-        self._round_s = 0.0
         self._last_warning = 0.0
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -87,51 +89,73 @@ class TargetWorker:
 
     # -- the loop ---------------------------------------------------------------------------
     async def _run(self) -> None:
-        storage, node = self.engine.storage, self.engine.node_id
         settle: Settlement | None = None
         round_started = 0.0
         while True:
             stopping = self._stop.is_set()
-            if not stopping:
+            if not stopping and self.batch_delay > 0:
                 # pace rounds: messages committed meanwhile join this round, and a round's outcome
-                # is settled in the same transaction as the next claim. While the event loop is
-                # saturated, ingest goes first: the next round waits a few times as long as the last
-                # one took, the outbox absorbs the burst and is drained when devices calm down.
-                gap = self.batch_delay
-                if self.engine.saturated():
-                    gap = max(gap, min(MAX_YIELD_S, self._round_s * YIELD_FACTOR))
-                pause = round_started + gap - time.monotonic()
+                # is settled in the same transaction as the next claim
+                pause = round_started + self.batch_delay - time.monotonic()
                 if pause > 0:
                     await self._sleep(pause)
             round_started = time.monotonic()
-            self._wake.clear()  # before looking: a commit after this point wakes the next wait
-            try:
-                rows = await storage.forward_cycle(self.target_id, node, settle, 0 if stopping else self.batch_size)
-            except Exception as exc:  # the database is away: keep the outcome, try again
-                log.error("%s: outbox unavailable: %s", self.label, exc)
-                if stopping:
-                    return
-                await self._sleep(1.0)
-                continue
-            if settle is not None:
-                self.engine.settled(self.target_id, settle)
-            settle = None
-            if stopping:
+            if stopping or not self.engine.ingest_active():
+                settle, rows, go_on = await self._round(settle, stopping)
+            else:
+                # Ingest goes first: while devices report into this process, the rounds of all
+                # targets take turns, each followed by a pause as long as itself (three times when
+                # the event loop lags). The outbox absorbs a burst; it drains when devices calm down.
+                async with self.engine.round_gate:
+                    wait = self.engine.next_round_at - time.monotonic()
+                    if wait > 0:
+                        await self._sleep(min(wait, MAX_YIELD_S))
+                    started = time.monotonic()
+                    settle, rows, go_on = await self._round(settle, stopping)
+                    took = time.monotonic() - started
+                    factor = YIELD_SATURATED if self.engine.saturated() else YIELD_ACTIVE
+                    self.engine.next_round_at = time.monotonic() + min(MAX_YIELD_S, took * factor)
+            if not go_on:
                 return
+            if rows is None:
+                continue
             if not rows:
                 await self._idle()
                 continue
-            self.inflight = len(rows)
-            try:
-                settle = await self._deliver(rows)
-            finally:
-                self.inflight = 0
-                self._round_s = time.monotonic() - round_started
+            assert settle is not None
             if settle.failed:
                 await self._after_failure(settle)
                 settle = None
             else:
                 self._recovered()
+
+    async def _round(
+        self, settle: Settlement | None, stopping: bool
+    ) -> tuple[Settlement | None, list[OutboxRow] | None, bool]:
+        """Settle the last round and claim the next in one transaction, deliver what was claimed.
+        Returns (outcome to settle, rows claimed or None after an error, whether to go on)."""
+        self._wake.clear()  # before looking: a commit after this point wakes the next wait
+        try:
+            rows = await self.engine.storage.forward_cycle(
+                self.target_id, self.engine.node_id, settle, 0 if stopping else self.batch_size
+            )
+        except Exception as exc:  # the database is away: keep the outcome, try again
+            log.error("%s: outbox unavailable: %s", self.label, exc)
+            if stopping:
+                return settle, None, False
+            await self._sleep(1.0)
+            return settle, None, True
+        if settle is not None:
+            self.engine.settled(self.target_id, settle)
+        if stopping:
+            return None, [], False
+        if not rows:
+            return None, [], True
+        self.inflight = len(rows)
+        try:
+            return await self._deliver(rows), rows, True
+        finally:
+            self.inflight = 0
 
     async def _idle(self) -> None:
         """Wait for a commit to wake us. Rows other processes write (device workers, other nodes
