@@ -284,3 +284,21 @@ def test_docs_have_examples_of_every_format_and_source() -> None:
     for fmt in ("iotgate", "alibaba", "huawei"):
         for source in ("property", "event", "lifecycle"):
             assert (fmt, source) in seen, (fmt, source)
+
+
+@pytest.mark.parametrize("payload", [b'{"id":"\xff","params":{}}', b"[" * 100_000, b"\xff\xfe raw"])
+def test_payload_that_is_not_valid_json_is_forwarded_as_text_or_base64(payload: bytes) -> None:
+    msg = ForwardMessage(
+        source="message",
+        message_id=42,
+        device_id=1,
+        product_key="a1TestPK001",
+        device_name="dev01",
+        ts=1,
+        received_at=1,
+        topic="/sys/a1TestPK001/dev01/thing/model/up_raw",
+        payload=payload,
+    )
+    assert msg.request_id == "42"
+    value, encoding = msg.payload_value()
+    assert encoding in ("text", "base64") and isinstance(value, str)

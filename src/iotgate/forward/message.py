@@ -114,7 +114,7 @@ class ForwardMessage:
             if self.payload and self.topic.startswith("/sys/"):
                 try:
                     rid = _request_id.decode(self.payload).id
-                except (msgspec.DecodeError, RecursionError):
+                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                     rid = None
             self._request_id = str(rid) if rid is not None and rid != "" else str(self.message_id)
         return self._request_id
@@ -123,7 +123,7 @@ class ForwardMessage:
     def payload_json(self) -> Any:
         """The payload as JSON, or _MISSING when it is not JSON."""
         if self._json is _MISSING:
-            with contextlib.suppress(msgspec.DecodeError, RecursionError):
+            with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError, RecursionError):
                 self._json = msgspec.json.decode(self.payload) if self.payload else _MISSING
         return self._json
 
