@@ -8,10 +8,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from iotgate.benchmark.forward import MQTT_URL
 from iotgate.benchmark.runner import Options, render, run_bench, write_json
-from iotgate.benchmark.scenarios import SCENARIOS
+from iotgate.benchmark.scenarios import FORWARD, SCENARIOS
 
-ALL = [*SCENARIOS, "idle"]
+ALL = [*SCENARIOS, FORWARD, "idle"]
 
 
 def _scenarios(text: str) -> list[str]:
@@ -22,6 +23,16 @@ def _scenarios(text: str) -> list[str]:
         if name not in ALL:
             raise argparse.ArgumentTypeError(f"unknown scenario {name!r}; choose from {', '.join(ALL)} or all")
     return names
+
+
+def _batches(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(not 1 <= v <= 1000 for v in values):
+        raise argparse.ArgumentTypeError("webhook batch sizes must be 1..1000")
+    return values
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         dest="scenarios",
         type=_scenarios,
         default=list(SCENARIOS),
-        help=f"comma-separated: {', '.join(ALL)}; default: all wrk scenarios (idle only when named)",
+        help=f"comma-separated: {', '.join(ALL)}; default: all wrk scenarios (forward and idle only when named)",
     )
     p.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per measured run (default 10)")
     p.add_argument("-r", "--rounds", type=int, default=2, help="rounds of iotgate-then-nginx per scenario (default 2)")
@@ -69,6 +80,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         help="extra `iotgate serve` argument (repeatable, e.g. --server-arg=--sqlite-synchronous=NORMAL)",
+    )
+    p.add_argument(
+        "--forward-batch",
+        dest="forward_batches",
+        type=_batches,
+        default=[1, 100],
+        help="forward: webhook `batch` of each variant, comma-separated (default 1,100: per message and batched)",
+    )
+    p.add_argument("--mqtt-url", default=MQTT_URL, help=f"forward: the MQTT target's broker (default {MQTT_URL})")
+    p.add_argument(
+        "--drain-wait",
+        type=float,
+        default=60.0,
+        help="forward: seconds to wait for the outbox to drain after each run (default 60)",
     )
     p.add_argument("--idle-connections", type=int, default=10_000, help="connections the idle scenario holds")
     p.add_argument("--workdir", type=Path, help="keep server data, nginx config and Lua scripts here")
@@ -101,6 +126,9 @@ def bench_cmd(args: argparse.Namespace) -> None:
         idle_connections=args.idle_connections,
         workdir=args.workdir,
         keep=args.keep,
+        forward_batches=args.forward_batches,
+        mqtt_url=args.mqtt_url,
+        forward_drain_s=args.drain_wait,
     )
     err = Console(stderr=True)
     try:

@@ -19,6 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from iotgate.benchmark import scenarios as sc
+from iotgate.benchmark.forward import MQTT_URL, ForwardRule, ForwardSetup, WebhookReceiver, mqtt_reachable
 from iotgate.benchmark.idle import IdleResult, hold_idle, raise_nofile
 from iotgate.benchmark.nginx import Nginx, nginx_binary
 from iotgate.benchmark.procstat import cpu_seconds, rss_bytes, steal_ticks
@@ -50,6 +51,9 @@ class Options:
     idle_connections: int = 10_000
     workdir: Path | None = None
     keep: bool = False
+    forward_batches: list[int] = field(default_factory=lambda: [1, 100])  # webhook `batch` per forward variant
+    mqtt_url: str = MQTT_URL
+    forward_drain_s: float = 60.0  # how long to wait for the outbox to drain after a forward run
 
 
 @dataclass
@@ -73,6 +77,7 @@ class Run:
     rss_mb: float | None
     load1: float = 0.0  # the machine's 1-minute load average after the run (other work on the box)
     sample: str = ""
+    forward: dict[str, Any] | None = None  # forward scenario: deliveries, backlog, drain time (iotgate runs)
 
     @property
     def errors(self) -> int:
@@ -113,6 +118,8 @@ class ScenarioResult:
                 "cpuSPer1kMsgs": self.median(server, "cpu_s_per_1k"),
                 "rounds": [asdict(r) for r in self.of(server)],
             }
+            if server == IOTGATE and any(r.forward for r in self.of(server)):
+                out[server]["forward"] = [r.forward for r in self.of(server)]
         out["ratio"] = self.ratio
         return out
 
@@ -190,8 +197,8 @@ def run_bench(opts: Options, console: Console | None = None) -> Report:
     if missing:
         raise RuntimeError(f"{' and '.join(missing)} not installed; on Debian: apt-get install {' '.join(missing)}")
     for name in opts.scenarios:
-        if name not in sc.SCENARIOS and name != "idle":
-            raise ValueError(f"unknown scenario {name!r}; choose from {', '.join([*sc.SCENARIOS, 'idle'])}")
+        if name not in sc.SCENARIOS and name not in (sc.FORWARD, "idle"):
+            raise ValueError(f"unknown scenario {name!r}; choose from {', '.join([*sc.SCENARIOS, sc.FORWARD, 'idle'])}")
     raise_nofile(max(opts.idle_connections + 1000, 4096))
     workdir = Path(opts.workdir) if opts.workdir else Path(tempfile.mkdtemp(prefix="iotgate-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -240,9 +247,11 @@ def run_bench(opts: Options, console: Console | None = None) -> Report:
 def _run_scenarios(
     opts: Options, server: Server, nginx: Nginx | None, workdir: Path, report: Report, console: Console
 ) -> None:
-    wrk_names = [n for n in opts.scenarios if n != "idle"]
+    wrk_names = [n for n in opts.scenarios if n not in ("idle", sc.FORWARD)]
     servers = 2 if nginx else 1
     total = len(wrk_names) * opts.rounds * servers
+    if sc.FORWARD in opts.scenarios:
+        total += opts.rounds * (len(opts.forward_batches) + (1 if nginx else 0))
     pid = server.pid
     ours_cpu = (lambda: cpu_seconds(pid)) if pid else None
     ours_rss = (lambda: rss_bytes(pid)) if pid else None
@@ -274,6 +283,8 @@ def _run_scenarios(
                     )
                     result.runs.append(run)
                     progress.advance(task)
+        if sc.FORWARD in opts.scenarios:
+            _run_forward(opts, server, nginx, workdir, report, progress, task, ours_cpu, ours_rss)
         if "idle" in opts.scenarios:
             if pid is None:
                 report.notes.append("idle: skipped, the server's pid is unknown")
@@ -299,6 +310,79 @@ def _run_scenarios(
                     "perConnectionKib": round(res.per_connection_kib, 2),
                     "openSeconds": round(res.open_seconds, 1),
                 }
+
+
+def _run_forward(
+    opts: Options,
+    server: Server,
+    nginx: Nginx | None,
+    workdir: Path,
+    report: Report,
+    progress: Progress,
+    task: Any,
+    ours_cpu: Callable[[], float] | None,
+    ours_rss: Callable[[], int] | None,
+) -> None:
+    """`alink-post` load while a rule forwards every property report to MQTT and a webhook; one
+    variant per webhook `batch`. Per round: nginx once (shared by the variants' ratios), then each
+    variant on iotgate with a fresh rule, its outbox figures read after the load, the rule deleted."""
+    progress.update(task, description="forward: provisioning devices and tokens")
+    direct = server.direct_devices(opts.devices)
+    server.alink_auth(direct)
+    workload = sc.alink_posts(server, direct, opts.variants, close=False)
+    script = workdir / "forward.lua"
+    script.write_text(render_script(workload.requests, workload.must_contain, workload.must_not_contain))
+    mqtt_url: str | None = opts.mqtt_url
+    if not mqtt_reachable(opts.mqtt_url):
+        report.notes.append(f"forward: no MQTT broker at {opts.mqtt_url}: webhook target only")
+        mqtt_url = None
+    receiver = WebhookReceiver().start()
+    try:
+        results: list[tuple[int, ScenarioResult]] = []
+        for batch in opts.forward_batches:
+            name = sc.FORWARD if batch == 1 else f"{sc.FORWARD}-batch{batch}"
+            targets = ("MQTT QoS 1 + " if mqtt_url else "") + (
+                "webhook, one POST per message" if batch == 1 else f"webhook, batch {batch}"
+            )
+            result = ScenarioResult(name, f"alink-post with a forwarding rule: {targets}", workload.points_per_request)
+            report.scenarios.append(result)
+            results.append((batch, result))
+        if opts.warmup_s > 0:  # ingest warm-up without a rule: nothing queued before the first measured run
+            progress.update(task, description="forward: warming up iotgate")
+            run_wrk(server.device_url, script, opts.warmup_s, opts.threads, opts.connections)
+            if nginx is not None:
+                progress.update(task, description="forward: warming up nginx")
+                run_wrk(nginx.url, script, opts.warmup_s, opts.threads, opts.connections)
+        pk = direct[0].product_key
+        for round_no in range(1, opts.rounds + 1):
+            if nginx is not None:
+                progress.update(task, description=f"forward: round {round_no}/{opts.rounds}, nginx")
+                nrun = measure(
+                    NGINX, nginx.url, script, opts, opts.duration_s, nginx.cpu_seconds, None,
+                    workload.points_per_request, round_no,
+                )  # fmt: skip
+                for _, result in results:
+                    result.runs.append(nrun)
+                progress.advance(task)
+            for batch, result in results:
+                setup = ForwardSetup(receiver.url, batch, mqtt_url)
+                rule = ForwardRule(server, pk, setup)
+                receiver.reset()
+                rule.create(f"bench-forward-b{batch}-r{round_no}-{os.getpid()}")
+                try:
+                    progress.update(task, description=f"forward: round {round_no}/{opts.rounds}, {result.name}")
+                    run = measure(
+                        IOTGATE, server.device_url, script, opts, opts.duration_s, ours_cpu, ours_rss,
+                        workload.points_per_request, round_no,
+                    )  # fmt: skip
+                    progress.update(task, description=f"forward: {result.name}: waiting for the outbox to drain")
+                    run.forward = asdict(rule.after_load(run.duration_s, receiver, opts.forward_drain_s))
+                    result.runs.append(run)
+                finally:
+                    rule.delete()
+                progress.advance(task)
+    finally:
+        receiver.stop()
 
 
 # -- rendering ---------------------------------------------------------------------------------
@@ -360,6 +444,30 @@ def render(report: Report, console: Console) -> None:
             f"{i['rssBeforeMb']} MB → {i['rssAfterMb']} MB ({i['perConnectionKib']} KiB per connection; "
             f"opened in {i['openSeconds']} s)"
         )
+    for s in report.scenarios:
+        for r in s.of(IOTGATE):
+            f = r.forward
+            if not f:
+                continue
+            parts = []
+            for label in f["targets"]:
+                drain = f["drain_s"][label]
+                parts.append(
+                    f"{label}: {f['deliveries_per_s'][label]:,.0f} deliveries/s during load, backlog "
+                    f"{f['backlog_at_end'][label]:,} at the end, "
+                    + (
+                        f"drained in {drain:.1f} s"
+                        if drain is not None
+                        else f"did not drain in {f['drain_wait_s']:.0f} s"
+                    )
+                    + f" ({f['deliveries_per_s_with_drain'][label]:,.0f}/s over load + drain)"
+                )
+            console.print(
+                f"{s.name} round {r.round}: ingest {r.rate:,.0f} msgs/s; "
+                + "; ".join(parts)
+                + f"; webhook received {f['webhook_messages_received']:,} messages in "
+                f"{f['webhook_requests_received']:,} requests"
+            )
     for note in report.notes:
         console.print(f"note: {note}")
 

@@ -33,6 +33,8 @@ SCENARIOS: dict[str, Scenario] = {
     )
 }
 WRK_SCENARIOS = list(SCENARIOS)
+# alink-post while a forwarding rule sends every report to MQTT and a webhook (only when named)
+FORWARD = "forward"
 
 
 @dataclass
