@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ServerProcess
+from iotgate.benchmark.forward import MQTT_URL, mqtt_reachable
 from iotgate.benchmark.nginx import nginx_binary
 from iotgate.benchmark.wrk import wrk_binary
 
@@ -81,3 +82,65 @@ def test_bench_refuses_unknown_scenarios() -> None:
         [sys.executable, "-m", "iotgate.cli", "bench", "--scenario", "nope"], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 2 and "unknown scenario" in run.stderr
+
+
+@pytest.mark.skipif(not mqtt_reachable(MQTT_URL), reason=f"the forward scenario needs Mosquitto at {MQTT_URL}")
+def test_bench_forward_scenario_delivers_everything_to_mqtt_and_webhook(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "forward.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iotgate.cli",
+            "bench",
+            "--scenario",
+            "forward",
+            "--forward-batch",
+            "100",
+            "--duration",
+            "1",
+            "--rounds",
+            "1",
+            "--warmup",
+            "0",
+            "--connections",
+            "8",
+            "--devices",
+            "8",
+            "--variants",
+            "2",
+            "--drain-wait",
+            "60",
+            "--target",
+            server.device_url,
+            "--data-dir",
+            str(server.data_dir),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    assert "forward-batch100 round 1: ingest" in run.stdout
+    [scenario] = json.loads(out.read_text())["scenarios"]
+    assert scenario["scenario"] == "forward-batch100"
+    ours = scenario["iotgate"]
+    assert ours["errors"] == 0, ours["rounds"][0]["sample"]
+    assert scenario["nginx"]["errors"] == 0 and scenario["ratio"] > 0
+    [fwd] = ours["forward"]
+    assert fwd["webhook_batch"] == 100
+    assert sorted(label.split("#")[0] for label in fwd["targets"]) == ["mqtt", "webhook"]
+    requests = ours["rounds"][0]["requests"]
+    for label in fwd["targets"]:
+        # every report wrk saw answered is one matched message per target, delivered once the outbox drained
+        assert fwd["matched"][label] >= requests > 0
+        assert fwd["drain_s"][label] is not None, f"{label}: outbox did not drain"
+        assert fwd["delivered_total"][label] == fwd["matched"][label]
+        assert fwd["dead_lettered"][label] == 0
+        assert fwd["backlog_at_end"][label] >= 0
+    [hook] = [label for label in fwd["targets"] if label.startswith("webhook")]
+    # at least once: the receiver may count a redelivery, never fewer than were confirmed
+    assert fwd["webhook_messages_received"] >= fwd["delivered_total"][hook]
+    assert 0 < fwd["webhook_requests_received"] <= fwd["webhook_messages_received"]
