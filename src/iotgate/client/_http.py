@@ -16,6 +16,7 @@ import httpx
 from iotgate import __version__
 from iotgate.client.protocol import (
     Authenticate,
+    DeviceStats,
     Flow,
     HttpRequest,
     HttpResponse,
@@ -181,3 +182,29 @@ class AsyncDriver:
 
     async def aclose(self) -> None:
         await self.http.aclose()
+
+
+class DeviceBase:
+    """What every device class shares: the sans-IO session's token, lifetime and counters.
+    Subclasses create `_session` and connect their driver in `_connect`."""
+
+    _session: _Session
+
+    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
+        raise NotImplementedError
+
+    @property
+    def token(self) -> str | None:
+        """The current token (Alibaba's `/auth` token or Huawei's ``access_token``; ``None`` before the first auth)."""
+        return self._session.token
+
+    @property
+    def token_expires_in(self) -> float | None:
+        """Seconds left on the current token, as far as the device knows (Alibaba: ``token_ttl_s`` after
+        auth; Huawei: the server's ``expires_in``)."""
+        return self._session.expires_in()
+
+    @property
+    def stats(self) -> DeviceStats:
+        """Request, auth, renewal and retry counters."""
+        return self._session.stats

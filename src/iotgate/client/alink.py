@@ -10,15 +10,17 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from iotgate.client._http import AsyncDriver, SyncDriver, Verify
-from iotgate.client.protocol import ALINK_DEFAULT_TOKEN_TTL_S, AlinkSession, DeviceStats, RetryPolicy
+from iotgate.client._http import AsyncDriver, DeviceBase, SyncDriver, Verify
+from iotgate.client.protocol import ALINK_DEFAULT_TOKEN_TTL_S, AlinkSession, RetryPolicy
 
 __all__ = ["AlinkDevice", "AsyncAlinkDevice"]
 
 
-class _AlinkBase:
+class _AlinkBase(DeviceBase):
     """What both flavours share: the arguments, the session (sans-IO protocol state), its properties.
     Each flavour adds its driver (`_connect`) and the blocking or awaitable calls."""
+
+    _session: AlinkSession
 
     def __init__(
         self,
@@ -50,9 +52,6 @@ class _AlinkBase:
         )
         self._connect(endpoint, verify, timeout)
 
-    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
-        raise NotImplementedError
-
     @property
     def product_key(self) -> str:
         return self._session.product_key
@@ -60,21 +59,6 @@ class _AlinkBase:
     @property
     def device_name(self) -> str:
         return self._session.device_name
-
-    @property
-    def token(self) -> str | None:
-        """The current token (``None`` before the first auth)."""
-        return self._session.token
-
-    @property
-    def token_expires_in(self) -> float | None:
-        """Seconds left on the current token, as far as the device knows (``token_ttl_s`` after auth)."""
-        return self._session.expires_in()
-
-    @property
-    def stats(self) -> DeviceStats:
-        """Request, auth, renewal and retry counters."""
-        return self._session.stats
 
 
 class AlinkDevice(_AlinkBase):

@@ -11,10 +11,9 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from iotgate.client._http import AsyncDriver, SyncDriver, Verify
+from iotgate.client._http import AsyncDriver, DeviceBase, SyncDriver, Verify
 from iotgate.client.protocol import (
     MAX_SUB_DEVICES,
-    DeviceStats,
     IotdaSession,
     RetryPolicy,
     ServiceProperties,
@@ -26,9 +25,11 @@ __all__ = ["AsyncIotdaDevice", "AsyncIotdaGateway", "IotdaDevice", "IotdaGateway
 EventTime = datetime | float | str | None
 
 
-class _IotdaBase:
+class _IotdaBase(DeviceBase):
     """What both flavours share: the arguments, the session (sans-IO protocol state), its properties.
     Each flavour adds its driver (`_connect`) and the blocking or awaitable calls."""
+
+    _session: IotdaSession
 
     def __init__(
         self,
@@ -52,26 +53,9 @@ class _IotdaBase:
         )
         self._connect(endpoint, verify, timeout)
 
-    def _connect(self, endpoint: str, verify: Verify, timeout: float) -> None:
-        raise NotImplementedError
-
     @property
     def device_id(self) -> str:
         return self._session.device_id
-
-    @property
-    def token(self) -> str | None:
-        """The current ``access_token`` (``None`` before the first auth)."""
-        return self._session.token
-
-    @property
-    def token_expires_in(self) -> float | None:
-        """Seconds left on the token, from the server's ``expires_in``."""
-        return self._session.expires_in()
-
-    @property
-    def stats(self) -> DeviceStats:
-        return self._session.stats
 
 
 class IotdaDevice(_IotdaBase):
