@@ -480,31 +480,29 @@ class CompiledModel:
         """Validate event parameters against the event's outputData (``identifier`` may be ``"mod:id"``).
 
         Issue identifiers of parameters are ``"<event>.<param>"``."""
-        entry = self._events.get(identifier) if type(identifier) is str else None
-        if entry is None:
-            ident = str(identifier) if type(identifier) is str else _show(identifier)
-            return {}, [ValidationIssue(ident, "unknown", f"{ident}: unknown event")]
-        return self._validate_params(identifier, entry[1], params)
+        return self._validate_feature(self._events, "event", 1, identifier, params)
 
     def validate_service_input(
         self, identifier: str, params: dict[str, object]
     ) -> tuple[dict[str, object], list[ValidationIssue]]:
         """Validate service call parameters against the service's inputData."""
-        entry = self._services.get(identifier) if type(identifier) is str else None
-        if entry is None:
-            ident = str(identifier) if type(identifier) is str else _show(identifier)
-            return {}, [ValidationIssue(ident, "unknown", f"{ident}: unknown service")]
-        return self._validate_params(identifier, entry[1], params)
+        return self._validate_feature(self._services, "service", 1, identifier, params)
 
     def validate_service_output(
         self, identifier: str, params: dict[str, object]
     ) -> tuple[dict[str, object], list[ValidationIssue]]:
         """Validate a service reply's data against the service's outputData."""
-        entry = self._services.get(identifier) if type(identifier) is str else None
+        return self._validate_feature(self._services, "service", 2, identifier, params)
+
+    def _validate_feature(
+        self, table: dict[str, Any], kind: str, which: int, identifier: str, params: dict[str, object]
+    ) -> tuple[dict[str, object], list[ValidationIssue]]:
+        """Validate params against parameter list `which` of the event or service `identifier`."""
+        entry = table.get(identifier) if type(identifier) is str else None
         if entry is None:
             ident = str(identifier) if type(identifier) is str else _show(identifier)
-            return {}, [ValidationIssue(ident, "unknown", f"{ident}: unknown service")]
-        return self._validate_params(identifier, entry[2], params)
+            return {}, [ValidationIssue(ident, "unknown", f"{ident}: unknown {kind}")]
+        return self._validate_params(identifier, entry[which], params)
 
 
 def validate_properties(
