@@ -6,12 +6,12 @@ map `iotgate.errors` back onto their own codes; nothing here knows either vendor
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
 from iotgate import metrics
 from iotgate.auth.tokens import TokenError, TokenSigner
+from iotgate.clock import now_ms
 from iotgate.config import Settings
 from iotgate.errors import (
     AuthFailed,
@@ -29,10 +29,6 @@ from iotgate.registry.service import DeviceInfo, Registry
 from iotgate.storage.base import DeviceRow, Record
 
 MAX_FUTURE_MS = 24 * 3600 * 1000  # Alink: a report time may be at most 24 h ahead
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class PropertyReport:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from iotgate.auth.secretbox import SecretBox
+from iotgate.clock import now_ms
 from iotgate.config import Settings
 from iotgate.errors import Invalid, NotFound
 from iotgate.forward import sql as fsql
@@ -57,10 +58,6 @@ SATURATED_LAG_S = 0.01  # the event loop runs this late: ingest and delivery wan
 INGEST_ACTIVE_S = 0.1
 ORPHAN_SWEEP_S = 300.0
 WARN_EVERY_S = 60.0
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class Forwarder:

@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from iotgate.clock import now_ms
 from iotgate.forward import sql as fsql
 from iotgate.forward.rows import (
     DeadLetterRow,
@@ -21,7 +22,7 @@ from iotgate.forward.rows import (
     Settlement,
     TargetStats,
 )
-from iotgate.forward.store_sqlite import _dead_letter, _rules_from_rows, _stats, now_ms
+from iotgate.forward.store_sqlite import _dead_letter, _rules_from_rows, _stats
 from iotgate.storage.base import Conflict
 
 _json_encode = msgspec.json.encode

@@ -7,11 +7,11 @@ shared with PostgreSQL (iotgate/forward/sql.py).
 from __future__ import annotations
 
 import sqlite3
-import time
 from typing import Any
 
 import msgspec
 
+from iotgate.clock import now_ms
 from iotgate.forward import sql as fsql
 from iotgate.forward.rows import (
     DeadLetterRow,
@@ -26,10 +26,6 @@ from iotgate.storage.base import Conflict
 
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def write_outbox(con: sqlite3.Connection, batch: OutboxBatch) -> None:

@@ -19,6 +19,7 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from iotgate.clock import now_ms
 from iotgate.forward.rows import OutboxRow, Settlement
 from iotgate.forward.sinks import DeliveryError, Sink
 
@@ -33,10 +34,6 @@ WARN_EVERY_S = 60.0
 YIELD_ACTIVE = 1.0
 YIELD_SATURATED = 3.0
 MAX_YIELD_S = 2.0
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class TargetWorker:

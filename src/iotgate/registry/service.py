@@ -13,12 +13,12 @@ import logging
 import re
 import secrets
 import string
-import time
 from collections.abc import Callable
 from typing import Any
 
 import msgspec
 
+from iotgate.clock import now_ms
 from iotgate.errors import Conflict, Invalid, NotFound
 from iotgate.model import CompiledModel, ModelError, ThingModel, empty_model, model_to_dict, parse_model
 from iotgate.storage.base import DeviceRow, ProductRow, Storage
@@ -34,10 +34,6 @@ DEVICE_NAME_RE = re.compile(r"^[A-Za-z0-9_\-.@:]{4,32}$")
 DEVICE_NAME_RULE = "4-32 characters of letters, digits and - _ . @ :"
 CACHE_LIMIT = 200_000
 SYNC_PAGE = 10_000
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def new_product_key() -> str:

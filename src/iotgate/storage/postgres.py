@@ -33,6 +33,7 @@ import asyncpg
 import msgspec
 
 from iotgate.auth.secretbox import SecretBox
+from iotgate.clock import now_ms
 from iotgate.forward.rows import OutboxBatch
 from iotgate.forward.store_postgres import ForwardPostgres, write_outbox
 from iotgate.storage.base import (
@@ -85,10 +86,6 @@ PARTITION_RE = re.compile(r"^(history|messages)_p(\d{4})(\d{2})$")
 MONTHS_AHEAD = 2
 HYPERTABLE_CHUNK_MS = 7 * 24 * 3600 * 1000
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def month_start(year: int, month: int) -> int:

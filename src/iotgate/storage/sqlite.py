@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from iotgate.auth.secretbox import SecretBox
+from iotgate.clock import now_ms
 from iotgate.forward.rows import OutboxBatch
 from iotgate.forward.store_sqlite import ForwardSqlite, write_outbox
 from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS
@@ -51,10 +52,6 @@ CHECKPOINT_S = 2.0  # how often latest values and last-seen times are written ou
 CHECKPOINT_ROWS = 1000  # rows per checkpoint transaction, so that ingest batches wait for one small step at most
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class SqliteStorage(ForwardSqlite, Storage):
