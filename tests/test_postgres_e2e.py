@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,17 +96,6 @@ def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
     pk = admin.product(SEED_MODEL)
     dev = admin.device(pk, "after-kill")
     assert report_on_fresh_connections(server, pk, "after-kill", dev["deviceSecret"], 24) == {11, 12}
-
-
-def test_sqlite_refuses_more_than_one_worker(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "iotgate.cli", "serve", "--data-dir", str(tmp_path / "d"), "--workers", "2"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert out.returncode == 2
-    assert "workers > 1 needs a shared database" in out.stderr.replace("\n", " ")
 
 
 def test_sigterm_stops_the_workers_with_the_server(server: ServerProcess) -> None:

@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, kw_only=True):
     forward_batch_delay_ms: float = 10.0  # a target starts a delivery round at most this often
 
     # scaling and housekeeping (docs/scaling.md)
-    workers: int = 1  # device-listener processes sharing the port (SO_REUSEPORT); >1 needs PostgreSQL
+    workers: int = 1  # device-listener processes sharing the port (SO_REUSEPORT)
     history_retention_days: int = 0  # 0: keep history and messages forever
     maintenance_interval_s: float = 600.0  # how often retention and partition upkeep run
 
@@ -133,7 +133,8 @@ DESCRIPTIONS: dict[str, str] = {
     "idle_timeout_s": "A kept-alive device connection with no request for this long is closed.",
     "max_header_bytes": "Largest request line + headers of a device request; larger: 431 in the dialect's format.",
     "registry_poll_s": "How often the registry picks up changes made by other nodes or workers.",
-    "workers": "Device-listener processes sharing the port (SO_REUSEPORT); more than 1 needs PostgreSQL.",
+    "workers": "Device-listener processes sharing the port (SO_REUSEPORT). With SQLite the main process commits "
+    "what every worker accepts (one writer per file); with PostgreSQL each worker commits its own.",
     "history_retention_days": "Delete history and messages older than this many days; 0: keep forever.",
     "maintenance_interval_s": "How often retention and partition upkeep run.",
     "online_window_s": "A device counts as online while its last report is younger than this (Alibaba: 10 min).",
@@ -243,11 +244,6 @@ def validate_settings(s: Settings) -> None:
         raise ValueError("forward_poll_s and online_window_s must be > 0")
     if not 1 <= s.workers <= 64:
         raise ValueError("workers: expected 1..64")
-    if s.workers > 1 and not s.database.startswith(("postgres://", "postgresql://")):
-        raise ValueError(
-            "workers > 1 needs a shared database (--database postgresql://...): an SQLite file must have "
-            "exactly one writer process"
-        )
     if s.workers > 1 and s.node_id + s.workers > 1023:
         raise ValueError("node_id: worker processes use node_id+1 .. node_id+workers, which must stay ≤ 1023")
     if s.history_retention_days < 0 or s.maintenance_interval_s <= 0:

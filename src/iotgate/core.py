@@ -23,7 +23,7 @@ from iotgate.errors import (
 )
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.limits import RateLimiter
-from iotgate.ingest.pipeline import Ingestor
+from iotgate.ingest.pipeline import IngestQueue
 from iotgate.model import CompiledModel, ValidationIssue
 from iotgate.registry.service import DeviceInfo, Registry
 from iotgate.storage.base import DeviceRow, Record
@@ -53,7 +53,7 @@ class PropertyReport:
 
 class DeviceCore:
     def __init__(
-        self, settings: Settings, registry: Registry, ingestor: Ingestor, signer: TokenSigner, ids: MessageIds
+        self, settings: Settings, registry: Registry, ingestor: IngestQueue, signer: TokenSigner, ids: MessageIds
     ) -> None:
         self.settings = settings
         self.registry = registry

@@ -32,6 +32,7 @@ from iotgate.gateway.router import DeviceRouter
 from iotgate.gateway.tls import ensure_self_signed, server_context
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.pipeline import Ingestor
+from iotgate.ingest.remote import IngestHub, IngestLink
 from iotgate.registry.service import Registry
 from iotgate.storage.base import Storage
 from iotgate.storage.retention import Housekeeper
@@ -50,15 +51,19 @@ def _read_or_create(path: Path, make: str) -> tuple[str, bool]:
     return make, True
 
 
-def open_storage(settings: Settings, box: SecretBox | None) -> Storage:
-    if settings.database.startswith(("postgres://", "postgresql://")):
+def is_postgres(settings: Settings) -> bool:
+    return settings.database.startswith(("postgres://", "postgresql://"))
+
+
+def open_storage(settings: Settings, box: SecretBox | None, follower: bool = False) -> Storage:
+    if is_postgres(settings):
         from iotgate.storage.postgres import PostgresStorage  # optional backend
 
         return PostgresStorage(settings.database, secret_box=box)
     from iotgate.storage.sqlite import SqliteStorage
 
     path = Path(settings.database) if settings.database else settings.data_path / "iotgate.db"
-    return SqliteStorage(path, settings.sqlite_synchronous, box)
+    return SqliteStorage(path, settings.sqlite_synchronous, box, follower=follower)
 
 
 class EmbeddedUvicorn(uvicorn.Server):
@@ -70,9 +75,12 @@ class EmbeddedUvicorn(uvicorn.Server):
 
 
 class Platform:
-    def __init__(self, settings: Settings, worker: int = 0) -> None:
+    def __init__(self, settings: Settings, worker: int = 0, ingest_path: str = "") -> None:
         self.settings = settings
         self.worker = worker  # 0: the main process; 1..N: a device-listener process of --workers N
+        # SQLite with --workers: the Unix socket on which the main process commits the workers' reports
+        self.ingest_path = ingest_path
+        self.ingest_hub: IngestHub | None = None
         self.worker_procs: list[BaseProcess] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -98,7 +106,8 @@ class Platform:
 
     async def start(self) -> None:
         box = self.prepare_data_dir()
-        self.storage = open_storage(self.settings, box)
+        remote_ingest = bool(self.worker) and bool(self.ingest_path)
+        self.storage = open_storage(self.settings, box, follower=remote_ingest)
         await self.storage.open()
         await self._check_master_key(box)
         node_id = self.settings.node_id + self.worker
@@ -111,7 +120,12 @@ class Platform:
         key_hex = await self.storage.set_meta_if_absent("token_key", secrets.token_hex(32))
         self.registry = Registry(self.storage, self.settings.registry_poll_s)
         await self.registry.start()
-        self.ingestor = Ingestor(self.storage, self.settings.commit_max_reports, self.settings.commit_max_delay_ms)
+        if remote_ingest:  # a worker on SQLite: the main process commits (ingest/remote.py)
+            link = IngestLink(on_lost=self.request_stop)
+            await link.connect(self.ingest_path)
+            self.ingestor: Ingestor | IngestLink = link
+        else:
+            self.ingestor = Ingestor(self.storage, self.settings.commit_max_reports, self.settings.commit_max_delay_ms)
         self.ingestor.start()
         self.core = DeviceCore(
             self.settings,
@@ -123,9 +137,12 @@ class Platform:
         self.core.last_seen.update(await self.storage.last_seen())
         from iotgate.forward.engine import Forwarder
 
-        # forwarding rules: outbox rows commit with the reports; the main process delivers them
-        self.forwarder = Forwarder(self.settings, self.storage, self.registry, self.core, box, deliver=not self.worker)
-        await self.forwarder.start()
+        if not remote_ingest:  # a worker on SQLite sends records to the main process, which builds the outbox
+            # forwarding rules: outbox rows commit with the reports; the main process delivers them
+            self.forwarder = Forwarder(
+                self.settings, self.storage, self.registry, self.core, box, deliver=not self.worker
+            )
+            await self.forwarder.start()
         if self.worker:  # a worker process: the device side only
             await self._start_device_listener(reuse_port=True)
             metrics.bind_platform(self)
@@ -133,6 +150,11 @@ class Platform:
             self.ready = True
             return
         if self.settings.workers > 1:
+            if not is_postgres(self.settings):  # one SQLite writer: the workers commit through this process
+                assert isinstance(self.ingestor, Ingestor)
+                self.ingest_path = f"\0iotgate-ingest-{os.getpid()}-{secrets.token_hex(4)}"
+                self.ingest_hub = IngestHub(self.ingestor, self.ingest_path)
+                await self.ingest_hub.start()
             await self._start_workers()
         else:
             await self._start_device_listener()
@@ -181,7 +203,7 @@ class Platform:
         s = self.settings
         self.housekeeper = Housekeeper(self.storage, s.history_retention_days, s.maintenance_interval_s)
         self.housekeeper.start()
-        if s.workers > 1 or s.database.startswith(("postgres://", "postgresql://")):
+        if is_postgres(s):
             self._tasks.append(asyncio.get_running_loop().create_task(self._follow_last_seen(), name="last-seen"))
 
     async def _follow_last_seen(self) -> None:
@@ -234,7 +256,7 @@ class Platform:
         ready = ctx.Event()
         proc = ctx.Process(
             target=_worker_main,
-            args=(self._worker_settings, index, ready),
+            args=(self._worker_settings, index, ready, self.ingest_path),
             name=f"iotgate-worker-{index}",
             daemon=True,  # terminated if this process exits without stopping them
         )
@@ -357,6 +379,8 @@ class Platform:
             await self._stop_workers()
         else:
             await self.device_server.shutdown()
+        if self.ingest_hub is not None:  # the workers have committed their last reports through it
+            await self.ingest_hub.stop()
         for task in self._tasks:
             task.cancel()
         if hasattr(self, "housekeeper"):
@@ -386,7 +410,7 @@ async def _until_ready(proc: BaseProcess, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def _worker_main(settings: Settings, index: int, ready: Any) -> None:
+def _worker_main(settings: Settings, index: int, ready: Any, ingest_path: str = "") -> None:
     """Entry point of a device-worker process (multiprocessing spawn)."""
     from iotgate.logs import configure
 
@@ -398,7 +422,7 @@ def _worker_main(settings: Settings, index: int, ready: Any) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         pass
-    asyncio.run(_serve_worker(settings, index, ready))
+    asyncio.run(_serve_worker(settings, index, ready, ingest_path))
 
 
 def tune_gc() -> None:
@@ -411,8 +435,8 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-async def _serve_worker(settings: Settings, index: int, ready: Any) -> None:
-    platform = Platform(settings, worker=index)
+async def _serve_worker(settings: Settings, index: int, ready: Any, ingest_path: str) -> None:
+    platform = Platform(settings, worker=index, ingest_path=ingest_path)
     parent = os.getppid()
     await platform.start()
     tune_gc()

@@ -31,6 +31,18 @@ class ShuttingDown(Exception):
     """The pipeline no longer accepts reports."""
 
 
+class IngestQueue(Protocol):
+    """What DeviceCore needs to commit reports: the `Ingestor` here, or a device worker's link to
+    the main process's (ingest/remote.py)."""
+
+    after_commit: list[CommitHook]
+    outbox: OutboxSource | None  # set by the Forwarder where this process builds outbox rows
+
+    def submit(self, record: Record) -> asyncio.Future[None]: ...
+
+    def submit_many(self, records: list[Record]) -> list[asyncio.Future[None]]: ...
+
+
 class OutboxSource(Protocol):
     """Builds the forwarding outbox rows of a batch, committed in the batch's own transaction
     (iotgate.forward.engine.Forwarder): an acknowledged report is always eventually forwarded."""

@@ -59,8 +59,14 @@ class SqliteStorage(ForwardSqlite, Storage):
     # commits from inside a loop pass (ingest/pipeline.py, _drive)
     eager_commit = True
 
-    def __init__(self, path: Path, synchronous: str = "FULL", secret_box: SecretBox | None = None) -> None:
+    def __init__(
+        self, path: Path, synchronous: str = "FULL", secret_box: SecretBox | None = None, follower: bool = False
+    ) -> None:
         self.path = path
+        # follower: a device-worker process (--workers N). It reads the registry and models from the
+        # file; its reports are committed by the main process (ingest/remote.py), which alone runs
+        # migrations, recovery, checkpoints and ingest batches: one SQLite file, one writer.
+        self.follower = follower
         self.synchronous = synchronous.upper()
         self.box = secret_box
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -128,8 +134,9 @@ class SqliteStorage(ForwardSqlite, Storage):
 
         def setup() -> None:
             self._writer = self._connect()
-            self._migrate(self._writer)
-            self._recover(self._writer)
+            if not self.follower:
+                self._migrate(self._writer)
+                self._recover(self._writer)
 
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, setup)
 
@@ -156,7 +163,7 @@ class SqliteStorage(ForwardSqlite, Storage):
                 self._all_conns.clear()
 
         self._reader_pool.shutdown(wait=True)
-        if self._writer is not None:
+        if self._writer is not None and not self.follower:
             with contextlib.suppress(sqlite3.Error):
                 await self._write(self._checkpoint)
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, close_all)
@@ -477,6 +484,8 @@ class SqliteStorage(ForwardSqlite, Storage):
 
     # -- ingest ---------------------------------------------------------------------------
     async def write_batch(self, records: list[Record], outbox: OutboxBatch | None = None) -> None:
+        if self.follower:  # a worker's reports go to the main process (IngestLink), never here
+            raise RuntimeError("a follower SqliteStorage does not write ingest batches")
         await self._write(lambda c: self._write_batch(c, records, outbox))
         if self._flushing_latest or self._flushing_seen or time.monotonic() - self._checkpoint_at >= CHECKPOINT_S:
             if not (self._flushing_latest or self._flushing_seen):

@@ -1,0 +1,270 @@
+"""Group commit across processes: device workers hand their records to the one process that writes.
+
+With SQLite and `--workers N`, N device-listener processes parse HTTP, check tokens and validate
+(the CPU-heavy part, now spread over the cores), while the main process owns the only write
+connection (an SQLite file must have exactly one writer) and commits what every worker sends.
+A worker's `IngestLink` stands in for the `Ingestor`: it queues the records of a loop pass, sends
+them as one frame over a Unix socket, and resolves each request's future when the main process's
+`IngestHub` says the batch holding it is committed. Acknowledged still means durable: a device
+hears "success" only after that answer, which comes after COMMIT.
+
+Frames are a 4-byte big-endian length and a msgpack body (msgspec): worker to main
+`[seq, [Record, ...]]`, main to worker `[seq, error]` with error "" on success. Hand-framed
+because asyncio streams cost a Task and several awaits per frame on this hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Callable
+
+import msgspec
+
+from iotgate.ingest.pipeline import EAGER_BATCH, Ingestor, OutboxSource, ShuttingDown
+from iotgate.storage.base import Record
+
+log = logging.getLogger("iotgate.ingest")
+
+_LENGTH = struct.Struct(">I")
+MAX_FRAME = 256 * 1024 * 1024  # a frame carries at most one loop pass of reports
+CommitHook = Callable[[list[Record]], None]
+
+
+class CommitFailed(Exception):
+    """The main process could not commit a batch (its database error, as text)."""
+
+
+class _Framer(asyncio.Protocol):
+    """Length-prefixed frames in both directions."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buffer
+        buf += data
+        start = 0
+        while len(buf) - start >= 4:
+            (size,) = _LENGTH.unpack_from(buf, start)
+            if size > MAX_FRAME:
+                log.error("ingest link: frame of %d bytes refused; closing", size)
+                assert self.transport is not None
+                self.transport.close()
+                return
+            if len(buf) - start - 4 < size:
+                break
+            frame = bytes(buf[start + 4 : start + 4 + size])
+            start += 4 + size
+            self.frame_received(frame)
+        del buf[:start]
+
+    def send(self, body: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_LENGTH.pack(len(body)) + body)
+
+    def frame_received(self, frame: bytes) -> None:
+        raise NotImplementedError
+
+
+# -- main process -------------------------------------------------------------------------------
+class IngestHub:
+    """Listens on a Unix socket; commits what workers send through the main process's Ingestor
+    (which also builds the forwarding outbox and runs the after-commit hooks) and answers each
+    frame once all of its records are committed."""
+
+    def __init__(self, ingestor: Ingestor, path: str) -> None:
+        self.ingestor = ingestor
+        self.path = path  # a Linux abstract socket name ("\0...") or a file path
+        self._server: asyncio.AbstractServer | None = None
+        self.links: set[_HubConnection] = set()
+
+    async def start(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(self.path)  # bound here: uvloop does not take abstract names ("\0...") as a path
+        sock.listen(64)
+        self._server = await asyncio.get_running_loop().create_unix_server(lambda: _HubConnection(self), sock=sock)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for link in list(self.links):
+                if link.transport is not None:
+                    link.transport.close()
+            await self._server.wait_closed()
+
+
+class _HubConnection(_Framer):
+    _decode = msgspec.msgpack.Decoder(tuple[int, list[Record]]).decode
+    _encode = msgspec.msgpack.Encoder().encode
+
+    def __init__(self, hub: IngestHub) -> None:
+        super().__init__()
+        self.hub = hub
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.hub.links.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.hub.links.discard(self)
+
+    def frame_received(self, frame: bytes) -> None:
+        try:
+            seq, records = self._decode(frame)
+        except msgspec.DecodeError as exc:  # a bug, not device input: say so loudly, keep serving
+            log.error("ingest link: undecodable frame (%s)", exc)
+            return
+        try:
+            futures = self.hub.ingestor.submit_many(records)
+        except ShuttingDown as exc:
+            self.send(self._encode((seq, f"shutting down: {exc}")))
+            return
+        _when_all_done(futures, lambda error: self.send(self._encode((seq, error))))
+
+
+def _when_all_done(futures: list[asyncio.Future[None]], answer: Callable[[str], None]) -> None:
+    """Call `answer` once every future is done: "" if all succeeded, else the first error."""
+    left = len(futures)
+    errors: list[str] = []
+    if not left:
+        answer("")
+        return
+
+    def done(fut: asyncio.Future[None]) -> None:
+        nonlocal left
+        left -= 1
+        exc = fut.exception()
+        if exc is not None and not errors:
+            errors.append(str(exc) or type(exc).__name__)
+        if left == 0:
+            answer(errors[0] if errors else "")
+
+    for fut in futures:
+        fut.add_done_callback(done)
+
+
+# -- device worker ------------------------------------------------------------------------------
+class IngestLink(_Framer):
+    """The worker side: the `Ingestor` interface DeviceCore uses, committing in the main process."""
+
+    _decode = msgspec.msgpack.Decoder(tuple[int, str]).decode
+    _encode = msgspec.msgpack.Encoder().encode
+
+    def __init__(self, on_lost: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.after_commit: list[CommitHook] = []
+        self.outbox: OutboxSource | None = None  # unused: the main process builds the outbox rows
+        self.on_lost = on_lost
+        self._pending: list[Record] = []
+        self._pending_futs: list[asyncio.Future[None]] = []
+        self._inflight: dict[int, tuple[list[Record], list[asyncio.Future[None]]]] = {}
+        self._seq = 0
+        self._flush_soon = False
+        self._closing = False
+        self._lost = False
+        self.batches = 0
+        self.committed = 0
+
+    async def connect(self, path: str) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, path)
+        await asyncio.get_running_loop().create_unix_connection(lambda: self, sock=sock)
+
+    def start(self) -> None:
+        pass
+
+    # -- Ingestor interface -----------------------------------------------------------------
+    def submit(self, record: Record) -> asyncio.Future[None]:
+        return self.submit_many([record])[0]
+
+    def submit_many(self, records: list[Record]) -> list[asyncio.Future[None]]:
+        """One future for the request's records: they travel in one frame and commit together."""
+        if self._closing or self._lost:
+            raise ShuttingDown("server is shutting down")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.extend(records)
+        self._pending_futs.append(fut)
+        if len(self._pending) >= EAGER_BATCH:  # a busy pass: send now, so the commit overlaps the rest
+            self._flush()
+        elif not self._flush_soon:
+            self._flush_soon = True
+            loop.call_soon(self._flush)
+        return [fut] * len(records)
+
+    async def commit(self, record: Record) -> None:
+        await self.submit(record)
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Refuse new records; wait (bounded) until what was sent is answered."""
+        self._closing = True
+        self._flush()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self._inflight and not self._lost and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.005)
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- frames ----------------------------------------------------------------------------------
+    def _flush(self) -> None:
+        self._flush_soon = False
+        if not self._pending:
+            return
+        records, futs = self._pending, self._pending_futs
+        self._pending, self._pending_futs = [], []
+        if self._lost:
+            _fail(futs, ShuttingDown("the main process is gone"))
+            return
+        self._seq += 1
+        self._inflight[self._seq] = (records, futs)
+        self.send(self._encode((self._seq, records)))
+
+    def frame_received(self, frame: bytes) -> None:
+        seq, error = self._decode(frame)
+        batch = self._inflight.pop(seq, None)
+        if batch is None:
+            return
+        records, futs = batch
+        if error:
+            _fail(futs, CommitFailed(error))
+            return
+        self.batches += 1
+        self.committed += len(records)
+        for fut in futs:
+            if not fut.done():
+                fut.set_result(None)
+        for hook in self.after_commit:
+            try:
+                hook(records)
+            except Exception:  # an observer must never undo an acknowledged commit
+                log.exception("after-commit hook failed")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The main process is gone: nothing in flight can be confirmed (devices get an error and
+        retry), and a worker without its writer must stop rather than keep accepting."""
+        self._lost = True
+        for _, futs in self._inflight.values():
+            _fail(futs, ShuttingDown("the main process is gone"))
+        self._inflight.clear()
+        _fail(self._pending_futs, ShuttingDown("the main process is gone"))
+        self._pending, self._pending_futs = [], []
+        if self.on_lost is not None and not self._closing:
+            log.error("ingest link to the main process lost; this worker stops")
+            self.on_lost()
+
+
+def _fail(futs: list[asyncio.Future[None]], exc: Exception) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_exception(exc)
+            with contextlib.suppress(Exception):
+                fut.exception()  # retrieved: a request already gone must not log "never retrieved"

@@ -1,0 +1,102 @@
+"""The embedded default with `--workers 2`: two device processes, one SQLite writer (the main process).
+
+The seed test of test_e2e_seed.py runs again here against this module's server, so the whole seed
+flow (auth, reports, history, latest values, rejections) goes through the workers and the ingest link.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import SEED_MODEL, Admin, ServerProcess
+from iotgate.auth.signing import alink_auth_body
+from test_e2e_seed import test_seed_collector_end_to_end
+from test_postgres_e2e import report_on_fresh_connections, worker_pids
+
+__all__ = ["test_seed_collector_end_to_end"]  # collected here too
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("sqlite-workers") / "data", "--workers", "2").start()
+    yield proc
+    proc.stop()
+
+
+def test_workers_report_into_the_one_writer(server: ServerProcess, admin: Admin) -> None:
+    assert server.proc is not None
+    assert len(worker_pids(server.proc.pid)) == 2
+    pk = admin.product(SEED_MODEL)
+    dev = admin.device(pk, "spread-01")
+    nodes = report_on_fresh_connections(server, pk, "spread-01", dev["deviceSecret"], 32)
+    assert nodes == {1, 2}  # node 0's workers are 1 and 2 (P(all 32 on one worker) ≈ 5e-10)
+    base = f"/api/v1/products/{pk}/devices/spread-01"
+    history = admin.c.get(f"{base}/properties/temperature/history").json()
+    assert sorted(p["value"] for p in history["items"]) == sorted(i % 40 for i in range(32))
+    # the main process committed them, so its in-memory running status and online state know them
+    status = admin.c.get(base).json()
+    assert status["online"] is True
+    latest = {p["identifier"]: p["value"] for p in admin.c.get(f"{base}/properties").json()["items"]}
+    assert latest["temperature"] == 31
+
+
+def test_a_rejection_in_a_worker_is_recorded(server: ServerProcess, admin: Admin) -> None:
+    pk = admin.product(SEED_MODEL)
+    dev = admin.device(pk, "bad-01")
+    topic = f"/topic/sys/{pk}/bad-01/thing/event/property/post"
+    with server.device_client() as device:
+        token = device.post("/auth", json=alink_auth_body(pk, "bad-01", dev["deviceSecret"])).json()["info"]["token"]
+        r = device.post(topic, content=json.dumps({"params": {"temperature": 999}}), headers={"password": token})
+    assert r.json()["code"] == 30001
+    messages = admin.c.get(f"/api/v1/products/{pk}/devices/bad-01/messages").json()["items"]
+    assert [m["kind"] for m in messages] == ["rejected"]
+
+
+def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
+    assert server.proc is not None
+    victim = worker_pids(server.proc.pid)[0]
+    subprocess.run(["kill", "-KILL", str(victim)], check=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = worker_pids(server.proc.pid)
+        ready = httpx.get(server.admin_url + "/readyz", timeout=5)
+        if len(now) == 2 and victim not in now and ready.status_code == 200:
+            break
+        time.sleep(0.2)
+    else:
+        pytest.fail(f"worker was not replaced: {worker_pids(server.proc.pid)}")
+    pk = admin.product(SEED_MODEL)
+    dev = admin.device(pk, "after-kill")
+    assert report_on_fresh_connections(server, pk, "after-kill", dev["deviceSecret"], 24) == {1, 2}
+
+
+def test_sigterm_stops_the_workers_with_the_server(server: ServerProcess) -> None:
+    """Last but one: it stops the module's server."""
+    assert server.proc is not None
+    pids = worker_pids(server.proc.pid)
+    assert len(pids) == 2
+    assert server.stop(signal.SIGTERM) == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> None:
+    """Without the writer a worker could acknowledge nothing: it must not keep the port."""
+    server = ServerProcess(tmp_path / "data", "--workers", "2").start()
+    assert server.proc is not None
+    pids = worker_pids(server.proc.pid)
+    assert len(pids) == 2
+    server.proc.send_signal(signal.SIGKILL)
+    server.proc.wait(10)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
+        time.sleep(0.1)
+    assert not any(Path(f"/proc/{p}").exists() for p in pids)
