@@ -53,9 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("iotgate.forward")
 REGISTRY_CHANGES = ("created", "deleted", "enabled", "disabled")
 STOP_TIMEOUT_S = 10.0
-LAG_PROBE_S = 0.02
-SATURATED_LAG_S = 0.01  # the event loop runs this late: ingest and delivery want more CPU than there is
-INGEST_ACTIVE_S = 0.1
 ORPHAN_SWEEP_S = 300.0
 WARN_EVERY_S = 60.0
 
@@ -91,10 +88,6 @@ class Forwarder:
         self._rev: str | None = None
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
-        self.loop_lag = 0.0  # how late the event loop runs (s), smoothed
-        self._last_build = 0.0  # monotonic time of the last ingest batch
-        self.round_gate = asyncio.Lock()  # while devices report: one target's delivery round at a time
-        self.next_round_at = 0.0
         self._lifecycle_task: asyncio.Task[None] | None = None
 
     # -- start / stop ----------------------------------------------------------------------
@@ -114,7 +107,6 @@ class Forwarder:
             self._tasks += [
                 loop.create_task(self._presence_loop(), name="forward-presence"),
                 loop.create_task(self._housekeeping_loop(), name="forward-housekeeping"),
-                loop.create_task(self._lag_probe(), name="forward-lag"),
             ]
         self._tasks.append(loop.create_task(self._follow_rules(), name="forward-rules"))
         self.core.ingestor.outbox = self
@@ -331,7 +323,6 @@ class Forwarder:
     async def build(self, records: list[Record]) -> OutboxBatch | None:
         """Outbox rows and counters for a batch about to commit (called by the Ingestor)."""
         by_source = self._by_source
-        self._last_build = time.monotonic()
         if not by_source:
             return None
         lifecycle = by_source.get("lifecycle")
@@ -596,25 +587,6 @@ class Forwarder:
                     ),
                     info.gateway_id,
                 )
-
-    # -- ingest first -------------------------------------------------------------------------
-    async def _lag_probe(self) -> None:
-        """Measure how late the event loop wakes up: it is saturated when devices and delivery
-        together want more CPU than this process gets. Delivery then yields (see the worker)."""
-        loop = asyncio.get_running_loop()
-        while True:
-            start = loop.time()
-            await asyncio.sleep(LAG_PROBE_S)
-            lag = max(0.0, loop.time() - start - LAG_PROBE_S)
-            # rise at once, fall slowly: one quiet probe in a burst does not end the yielding
-            self.loop_lag = lag if lag > self.loop_lag else self.loop_lag * 0.9 + lag * 0.1
-
-    def saturated(self) -> bool:
-        return self.loop_lag > SATURATED_LAG_S
-
-    def ingest_active(self) -> bool:
-        """Devices are reporting into this process (a batch committed in the last 100 ms)."""
-        return time.monotonic() - self._last_build < INGEST_ACTIVE_S
 
     # -- housekeeping and metrics ------------------------------------------------------------
     async def _housekeeping_loop(self) -> None:

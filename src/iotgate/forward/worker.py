@@ -29,11 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("iotgate.forward")
 WARN_EVERY_S = 60.0
-# while devices report (and more so while the loop lags), a round is followed by a pause this many
-# times its length: delivery takes at most about 1 / (1 + factor) of the time
-YIELD_ACTIVE = 1.0
-YIELD_SATURATED = 3.0
-MAX_YIELD_S = 2.0
 
 
 class TargetWorker:
@@ -97,21 +92,10 @@ class TargetWorker:
                 if pause > 0:
                     await self._sleep(pause)
             round_started = time.monotonic()
-            if stopping or not self.engine.ingest_active():
-                settle, rows, go_on = await self._round(settle, stopping)
-            else:
-                # Ingest goes first: while devices report into this process, the rounds of all
-                # targets take turns, each followed by a pause as long as itself (three times when
-                # the event loop lags). The outbox absorbs a burst; it drains when devices calm down.
-                async with self.engine.round_gate:
-                    wait = self.engine.next_round_at - time.monotonic()
-                    if wait > 0:
-                        await self._sleep(min(wait, MAX_YIELD_S))
-                    started = time.monotonic()
-                    settle, rows, go_on = await self._round(settle, stopping)
-                    took = time.monotonic() - started
-                    factor = YIELD_SATURATED if self.engine.saturated() else YIELD_ACTIVE
-                    self.engine.next_round_at = time.monotonic() + min(MAX_YIELD_S, took * factor)
+            # Each target paces itself: no shared gate, so a target waiting on a slow endpoint never
+            # holds back another one, and under sustained load delivery keeps up with the reports
+            # (their CPU cost is shared with ingest instead of postponed into a growing backlog).
+            settle, rows, go_on = await self._round(settle, stopping)
             if not go_on:
                 return
             if rows is None:
