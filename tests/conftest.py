@@ -33,7 +33,9 @@ class ServerProcess:
         self.device_port = free_port()
         self.admin_port = free_port()
         self.extra = list(extra)
-        self.env = env or {}
+        # one process unless a test asks for workers: most tests look at one process's behaviour
+        # (the default, one worker per core, is covered by test_readme and test_sqlite_workers)
+        self.env = {"IOTGATE_WORKERS": "1", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = data_dir.parent / f"{data_dir.name}-serve.log"
 

@@ -101,7 +101,9 @@ class LivePlatform:
     def __init__(self, data_dir: Path) -> None:
         self.loop = uvloop.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="platform", daemon=True)
-        self.platform = Platform(Settings(data_dir=str(data_dir), device_host="127.0.0.1", device_port=0, admin_port=0))
+        self.platform = Platform(
+            Settings(data_dir=str(data_dir), device_host="127.0.0.1", device_port=0, admin_port=0, workers=1)
+        )
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)

@@ -69,7 +69,7 @@ class Settings(msgspec.Struct, kw_only=True):
     forward_batch_delay_ms: float = 10.0  # a target starts a delivery round at most this often
 
     # scaling and housekeeping (docs/scaling.md)
-    workers: int = 1  # device-listener processes sharing the port (SO_REUSEPORT)
+    workers: int = 0  # device-listener processes sharing the port (SO_REUSEPORT); 0: one per core (auto)
     history_retention_days: int = 0  # 0: keep history and messages forever
     maintenance_interval_s: float = 600.0  # how often retention and partition upkeep run
 
@@ -133,8 +133,10 @@ DESCRIPTIONS: dict[str, str] = {
     "idle_timeout_s": "A kept-alive device connection with no request for this long is closed.",
     "max_header_bytes": "Largest request line + headers of a device request; larger: 431 in the dialect's format.",
     "registry_poll_s": "How often the registry picks up changes made by other nodes or workers.",
-    "workers": "Device-listener processes sharing the port (SO_REUSEPORT). With SQLite the main process commits "
-    "what every worker accepts (one writer per file); with PostgreSQL each worker commits its own.",
+    "workers": "Device-listener processes sharing the port (SO_REUSEPORT). 0: one per CPU core (at most 8) on a "
+    "machine with 2 or more cores, else 1, which serves devices from the main process itself. With SQLite the "
+    "main process commits what every worker accepts (one writer per file); with PostgreSQL each worker commits "
+    "its own.",
     "history_retention_days": "Delete history and messages older than this many days; 0: keep forever.",
     "maintenance_interval_s": "How often retention and partition upkeep run.",
     "online_window_s": "A device counts as online while its last report is younger than this (Alibaba: 10 min).",
@@ -228,9 +230,20 @@ def load_settings(
     for name, raw in (overrides or {}).items():
         if raw is not None:
             values[name] = _coerce(name, raw)
-    settings = Settings(**values)
+    settings = resolve_workers(Settings(**values))
     validate_settings(settings)
     return settings
+
+
+MAX_AUTO_WORKERS = 8  # beyond this the one SQLite writer, not request handling, sets the pace
+
+
+def resolve_workers(s: Settings) -> Settings:
+    """workers = 0 (auto): one device process per usable core, none apart from the main one on 1 core."""
+    if s.workers != 0:
+        return s
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return msgspec.structs.replace(s, workers=min(cores, MAX_AUTO_WORKERS) if cores >= 2 else 1)
 
 
 def validate_settings(s: Settings) -> None:
@@ -242,8 +255,8 @@ def validate_settings(s: Settings) -> None:
         raise ValueError("forward_dead_letter_after_s and forward_batch_delay_ms must be ≥ 0")
     if s.forward_poll_s <= 0 or s.online_window_s <= 0:
         raise ValueError("forward_poll_s and online_window_s must be > 0")
-    if not 1 <= s.workers <= 64:
-        raise ValueError("workers: expected 1..64")
+    if not 0 <= s.workers <= 64:
+        raise ValueError("workers: expected 0 (auto) .. 64")
     if s.workers > 1 and s.node_id + s.workers > 1023:
         raise ValueError("node_id: worker processes use node_id+1 .. node_id+workers, which must stay ≤ 1023")
     if s.history_retention_days < 0 or s.maintenance_interval_s <= 0:

@@ -25,7 +25,7 @@ import uvicorn
 from iotgate import metrics
 from iotgate.auth.secretbox import SecretBox
 from iotgate.auth.tokens import TokenSigner
-from iotgate.config import Settings
+from iotgate.config import Settings, resolve_workers
 from iotgate.core import DeviceCore
 from iotgate.gateway.http import DeviceServer, ServerLimits
 from iotgate.gateway.router import DeviceRouter
@@ -76,7 +76,7 @@ class EmbeddedUvicorn(uvicorn.Server):
 
 class Platform:
     def __init__(self, settings: Settings, worker: int = 0, ingest_path: str = "") -> None:
-        self.settings = settings
+        self.settings = settings = resolve_workers(settings)
         self.worker = worker  # 0: the main process; 1..N: a device-listener process of --workers N
         # SQLite with --workers: the Unix socket on which the main process commits the workers' reports
         self.ingest_path = ingest_path
@@ -229,12 +229,19 @@ class Platform:
         s = self.settings
         self._tls_context()  # create the self-signed certificate once, before the workers load it
         port, reservation = s.device_port, None
+        family, kind, proto, _, addr = socket.getaddrinfo(s.device_host, port, type=socket.SOCK_STREAM)[0]
         if port == 0:  # pick the port here, so that every worker binds the same one
-            family, kind, proto, _, addr = socket.getaddrinfo(s.device_host, 0, type=socket.SOCK_STREAM)[0]
             reservation = socket.socket(family, kind, proto)
             reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             reservation.bind(addr)
             port = reservation.getsockname()[1]
+        else:  # without SO_REUSEPORT a bind fails if anyone holds the port, even another iotgate's workers
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(addr)
+                except OSError as exc:
+                    raise OSError(exc.errno, f"device listener: {exc.strerror}") from None
         self._worker_settings = msgspec.structs.replace(s, device_port=port)
         try:
             for index in range(1, s.workers + 1):
@@ -422,7 +429,11 @@ def _worker_main(settings: Settings, index: int, ready: Any, ingest_path: str = 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
         pass
-    asyncio.run(_serve_worker(settings, index, ready, ingest_path))
+    try:
+        asyncio.run(_serve_worker(settings, index, ready, ingest_path))
+    except (OSError, ValueError) as exc:  # e.g. the port was taken after the parent's check
+        log.error("device worker %d could not start: %s", index, exc)
+        sys.exit(1)
 
 
 def tune_gc() -> None:

@@ -249,10 +249,10 @@ class ConsoleApi:
     # -- live events ----------------------------------------------------------------------
     @property
     def shared_ingest(self) -> bool:
-        """Whether other processes commit reports too (--workers, or nodes sharing PostgreSQL): then this
-        process's commit hook misses theirs, and live views and rates must come from the database."""
-        s = self.platform.settings
-        return getattr(s, "workers", 1) > 1 or s.database.startswith(("postgres://", "postgresql://"))
+        """Whether other processes commit reports too (nodes or --workers sharing PostgreSQL): then this
+        process's commit hook misses theirs, and live views and rates must come from the database. With
+        SQLite, workers' reports are committed here (ingest/remote.py), so the hook sees them all."""
+        return self.platform.settings.database.startswith(("postgres://", "postgresql://"))
 
     async def events(self, request: Request) -> Response:
         """Server-Sent Events: `property` and `message` events of one device as they commit."""

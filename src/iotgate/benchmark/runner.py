@@ -22,7 +22,7 @@ from iotgate.benchmark import scenarios as sc
 from iotgate.benchmark.forward import MQTT_URL, ForwardRule, ForwardSetup, WebhookReceiver, mqtt_reachable
 from iotgate.benchmark.idle import IdleResult, hold_idle, raise_nofile
 from iotgate.benchmark.nginx import Nginx, nginx_binary
-from iotgate.benchmark.procstat import cpu_seconds, rss_bytes, steal_ticks
+from iotgate.benchmark.procstat import children, rss_bytes, steal_ticks, tree_cpu_seconds
 from iotgate.benchmark.provision import Server, attach_server, bulk_register, free_port, start_server
 from iotgate.benchmark.wrk import WrkResult, render_script, run_wrk, wrk_binary
 
@@ -253,8 +253,9 @@ def _run_scenarios(
     if sc.FORWARD in opts.scenarios:
         total += opts.rounds * (len(opts.forward_batches) + (1 if nginx else 0))
     pid = server.pid
-    ours_cpu = (lambda: cpu_seconds(pid)) if pid else None
-    ours_rss = (lambda: rss_bytes(pid)) if pid else None
+    # the server and its device workers (--workers N), as nginx's master and workers are summed
+    ours_cpu = (lambda: tree_cpu_seconds([pid, *children(pid)])) if pid else None
+    ours_rss = (lambda: sum(rss_bytes(p) for p in [pid, *children(pid)])) if pid else None
     columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("preparing", total=total)
@@ -292,7 +293,8 @@ def _run_scenarios(
             direct = server.direct_devices(opts.devices)
             server.alink_auth(direct)
             workload = sc.alink_posts(server, direct, 1, close=False)
-            sides: list[tuple[str, str, Callable[[], int]]] = [(IOTGATE, server.device_url, lambda: rss_bytes(pid))]
+            assert ours_rss is not None
+            sides: list[tuple[str, str, Callable[[], int]]] = [(IOTGATE, server.device_url, ours_rss)]
             if nginx is not None:
                 sides.append((NGINX, nginx.url, lambda: sum(rss_bytes(p) for p in nginx.pids())))
             report.idle = {}
