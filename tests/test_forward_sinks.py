@@ -380,3 +380,86 @@ async def test_redis_refusal_and_unreachable() -> None:
     done, error = await down.send_ordered(rows(1))
     assert done == 0 and error is not None and not error.uncertain
     await down.close()
+
+
+# -- MQTT: pipelined rounds -----------------------------------------------------------------------
+async def test_mqtt_pipelined_round_keeps_device_order() -> None:
+    """send_round hands a whole round to the client at once and waits once for the PUBACKs; every
+    device's messages still arrive in order, with the metadata as MQTT 5 properties."""
+    need(1883, "Mosquitto")
+    import aiomqtt
+
+    prefix = f"fwtest-{secrets.token_hex(4)}"
+    s = sink({"type": "mqtt", "url": "mqtt://127.0.0.1:1883", "topic": prefix + "/{productKey}/{deviceName}"})
+    # more than the in-flight window (paho queues the rest, in order), less than Mosquitto's default
+    # queue of 1000 messages per subscriber
+    n_devices, total = 40, 800
+    batch = rows(total, devices=n_devices)
+    groups: dict[int, list[OutboxRow]] = {}
+    for r in batch:
+        groups.setdefault(r.device_id, []).append(r)
+    got: list[aiomqtt.Message] = []
+    async with aiomqtt.Client("127.0.0.1", 1883, protocol=aiomqtt.ProtocolVersion.V5) as sub:
+        await sub.subscribe(f"{prefix}/#", qos=1)
+
+        async def read() -> None:
+            async for m in sub.messages:
+                got.append(m)
+                if len(got) == total:
+                    return
+
+        reader = asyncio.create_task(read())
+        outcome = await s.send_round(list(groups.values()))
+        await asyncio.wait_for(reader, 20)
+    await s.close()
+    assert outcome == [(total // n_devices, None)] * n_devices
+    for device in range(n_devices):
+        seqs = [json.loads(bytes(m.payload))["seq"] for m in got if str(m.topic).endswith(f"hall.{device:02d}")]  # type: ignore[arg-type]
+        assert seqs == list(range(device, total, n_devices))
+    props = got[0].properties
+    assert props is not None and props.ContentType == "application/json"  # type: ignore[attr-defined]
+    meta = dict(props.UserProperty)  # type: ignore[attr-defined]
+    first = next(r for r in batch if r.body == bytes(got[0].payload))  # type: ignore[arg-type]
+    assert meta == {
+        "productKey": "a1B2c3D4e5F",
+        "deviceName": first.device_name,
+        "deviceId": f"a1B2c3D4e5F_{first.device_name}",
+        "messageId": str(first.message_id),
+        "deliveryId": f"{first.message_id}-7",
+        "source": "property",
+        "ruleId": "3",
+        "topic": first.topic,
+    }
+
+
+async def test_mqtt_pipelined_round_refused_topic_stops_only_its_device() -> None:
+    """A message whose topic the client refuses (a device name with a wildcard) fails on its own:
+    its device's later rows wait behind it, the other devices are delivered."""
+    need(1883, "Mosquitto")
+    prefix = f"fwtest-{secrets.token_hex(4)}"
+    s = sink({"type": "mqtt", "url": "mqtt://127.0.0.1:1883", "topic": prefix + "/{deviceName}"})
+    good = rows(6, devices=2)
+    bad = [msgspec.structs.replace(r, device_id=9, device_name="hall#9") for r in rows(3, devices=1)]
+    outcome = await s.send_round([[r for r in good if r.device_id == 0], bad, [r for r in good if r.device_id == 1]])
+    assert outcome[0] == (3, None) and outcome[2] == (3, None)
+    done, error = outcome[1]
+    assert done == 0 and error is not None and not error.uncertain and error.sent_after == 0
+    assert "refused" in str(error)
+    assert await s.send_round([good[:1]]) == [(1, None)]  # the connection is still good
+    await s.close()
+
+
+def test_mqtt_round_outcomes_count_rows_sent_behind_a_failure() -> None:
+    """How a pipelined round's row states become per-device outcomes (the worker settles rows
+    after the failed one as `unsure` when they were sent, else as not sent)."""
+    from iotgate.forward.sinks import mqtt
+
+    a, b, c = rows(4, devices=1), rows(3, devices=1), rows(2, devices=1)
+    acked, pending, refused, unsent = mqtt._ACKED, mqtt._PENDING, mqtt._REFUSED, mqtt._UNSENT
+    states = [acked, pending, acked, pending, refused, unsent, unsent, acked, acked]  # a | b | c
+    out = mqtt.outcomes([a, b, c], states, {4: "publish to t refused: bad"}, "no PUBACK within 10 s", "")
+    (done_a, err_a), (done_b, err_b), (done_c, err_c) = out
+    assert done_a == 1 and err_a is not None and err_a.uncertain and err_a.sent_after == 2
+    assert done_b == 0 and err_b is not None and not err_b.uncertain and err_b.sent_after == 0
+    assert "refused: bad" in str(err_b)
+    assert (done_c, err_c) == (2, None)

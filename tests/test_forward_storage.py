@@ -207,3 +207,27 @@ async def test_release_expire_replay_selected_and_orphans(store: Storage) -> Non
     await store.forward_enqueue(OutboxBatch(rows=[row(t1, 1, 99)], counts=[TargetCount(t1, 1, 0)]))
     assert await store.forward_purge_orphans() >= 1
     assert t1 not in await store.forward_queue_sizes(0)
+
+
+async def test_unsure_rows_wait_again_and_count_as_possible_duplicates(store: Storage) -> None:
+    """A pipelining sink sent rows behind one that failed: they are released for the next round
+    (after the failed one, in order) with their try kept, so their next delivery is `redelivered`."""
+    saved = await store.forward_save_rule(rule(1))
+    assert saved is not None
+    tid = saved.targets[0].id
+    batch = OutboxBatch(rows=[row(tid, 1, m) for m in (1, 2, 3, 4)], counts=[TargetCount(tid, 4, 0)])
+    await store.forward_enqueue(batch)
+    first = await store.forward_cycle(tid, 0, None, 10)
+    settle = Settlement(
+        now=NOW,
+        delivered=[first[0].id],
+        failed=[(first[1].id, 0, "no PUBACK")],
+        unsure=[first[2].id],
+        skipped=[first[3].id],
+        error="no PUBACK",
+    )
+    again = await store.forward_cycle(tid, 0, settle, 10)
+    assert [(r.message_id, r.tries, r.failures) for r in again] == [(2, 2, 0), (3, 2, 0), (4, 1, 0)]
+    assert [r.maybe_delivered_before for r in again] == [True, True, False]
+    s = await stats_of(store, tid)
+    assert (s.delivered, s.retries, s.inflight) == (1, 1, 3) and adds_up(s)

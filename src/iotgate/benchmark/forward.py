@@ -213,7 +213,8 @@ class ForwardRule:
             figures.matched[label] = int(t["matched"])
             figures.dead_lettered[label] = int(t["deadLettered"])
             figures.delivered_total[label] = int(t["delivered"])
-            spent = load_s + (figures.drain_s[label] or drain_wait_s)
+            drained = figures.drain_s[label]
+            spent = load_s + (drained if drained is not None else drain_wait_s)
             figures.deliveries_per_s_with_drain[label] = int(t["delivered"]) / spent if spent > 0 else 0.0
         figures.webhook_requests_received, figures.webhook_messages_received = receiver.counts()
         return figures

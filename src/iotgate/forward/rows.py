@@ -82,6 +82,7 @@ class Settlement(msgspec.Struct, kw_only=True):
     redelivered: int = 0  # of delivered: an earlier attempt may also have arrived
     failed: list[tuple[int, int, str]] = msgspec.field(default_factory=list)  # (id, known_failure 0/1, error)
     skipped: list[int] = msgspec.field(default_factory=list)  # claimed but not sent (device order)
+    unsure: list[int] = msgspec.field(default_factory=list)  # sent after a failed one (pipelined): send again
     dead: list[int] = msgspec.field(default_factory=list)  # of failed: move to the dead-letter store
     error: str = ""  # the target's latest error ("" when none in this round)
 

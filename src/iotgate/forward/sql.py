@@ -65,6 +65,9 @@ FAILED = (
     "WHERE id=? AND target_id=?"
 )
 SKIPPED = "UPDATE forward_outbox SET inflight=0, tries=tries-1 WHERE id=? AND target_id=?"
+# sent (it may have arrived) but behind a failed message of its device: tries stays, so delivering
+# it again counts as a possible duplicate (`redelivered`)
+UNSURE = "UPDATE forward_outbox SET inflight=0 WHERE id=? AND target_id=?"
 _DEAD_SELECT = f"SELECT {MESSAGE_COLS}, tries, failures, last_error, CAST(? AS BIGINT) FROM forward_outbox"
 _DEAD_INSERT = f"INSERT INTO forward_dead_letters({MESSAGE_COLS}, tries, failures, last_error, dead_at) "
 BURY_ONE = _DEAD_INSERT + _DEAD_SELECT + " WHERE id=? AND target_id=?"

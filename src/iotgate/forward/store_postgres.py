@@ -50,6 +50,8 @@ async def _settle(con: asyncpg.Connection, target_id: int, s: Settlement) -> Non
         )
     if s.skipped:
         await con.executemany(_n(fsql.SKIPPED), [(i, target_id) for i in s.skipped])
+    if s.unsure:
+        await con.executemany(_n(fsql.UNSURE), [(i, target_id) for i in s.unsure])
     if s.dead:
         await con.executemany(_n(fsql.BURY_ONE), [(s.now, i, target_id) for i in s.dead])
         await con.executemany(_n(fsql.DELIVERED), [(i, target_id) for i in s.dead])

@@ -192,6 +192,8 @@ def _settle(c: sqlite3.Connection, target_id: int, s: Settlement) -> None:
         c.executemany(fsql.FAILED, [(known, s.now, error[:1000], i, target_id) for i, known, error in s.failed])
     if s.skipped:
         c.executemany(fsql.SKIPPED, [(i, target_id) for i in s.skipped])
+    if s.unsure:
+        c.executemany(fsql.UNSURE, [(i, target_id) for i in s.unsure])
     if s.dead:
         c.executemany(fsql.BURY_ONE, [(s.now, i, target_id) for i in s.dead])
         c.executemany(fsql.DELIVERED, [(i, target_id) for i in s.dead])

@@ -189,7 +189,9 @@ class TargetWorker:
             started = failed.first_failed_at or now
             if self.dead_after_ms and now - started >= self.dead_after_ms:
                 settle.dead.append(failed.id)
-            settle.skipped.extend(r.id for r in device_rows[done + 1 :])
+            sent = done + 1 + error.sent_after
+            settle.unsure.extend(r.id for r in device_rows[done + 1 : sent])
+            settle.skipped.extend(r.id for r in device_rows[sent:])
         if errors:
             settle.error = errors[-1]
         return settle

@@ -20,9 +20,13 @@ log = logging.getLogger("iotgate.forward")
 
 
 class DeliveryError(Exception):
-    def __init__(self, message: str, uncertain: bool = False) -> None:
+    """`sent_after`: of the device's rows after the failed one, how many were sent anyway (a sink
+    that pipelines); they are delivered again after it, and counted as possible duplicates."""
+
+    def __init__(self, message: str, uncertain: bool = False, sent_after: int = 0) -> None:
         super().__init__(message)
         self.uncertain = uncertain
+        self.sent_after = sent_after
 
 
 def delivery_id(row: OutboxRow) -> str:

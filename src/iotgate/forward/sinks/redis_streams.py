@@ -63,7 +63,8 @@ class RedisSink(Sink):
             return 0, DeliveryError(f"redis: {exc}", True)
         for i, result in enumerate(results):
             if isinstance(result, Exception):
-                return i, DeliveryError(f"redis refused XADD: {result}")
+                # the pipeline ran the later XADDs too: they go again after this one (possible duplicates)
+                return i, DeliveryError(f"redis refused XADD: {result}", sent_after=len(rows) - i - 1)
         return len(rows), None
 
     async def close(self) -> None:
