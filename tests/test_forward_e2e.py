@@ -386,6 +386,73 @@ async def test_webhook_down_then_up_under_load(server: ServerProcess, admin: Adm
         await d.close()
 
 
+# -- a stalled target does not hold back another ------------------------------------------------------------
+async def test_stalled_webhook_does_not_hold_back_mqtt(server: ServerProcess, admin: Admin) -> None:
+    """Two targets of one rule: the webhook answers nothing (its requests hang) while devices keep
+    reporting; MQTT still gets the reports, in device order. Once the webhook answers, it gets all."""
+    if not service_up(1883):
+        pytest.skip("Mosquitto is not running on 127.0.0.1:1883")
+    import aiomqtt
+
+    stalled = WebhookReceiver()
+    stalled.paused = True
+    stalled.start()
+    pk = admin.product(MODEL)
+    prefix = f"fwtest-{secrets.token_hex(4)}"
+    rule = create_rule(
+        admin,
+        source="property",
+        productKey=pk,
+        targets=[
+            {"type": "webhook", "url": stalled.url, "timeoutS": 120},
+            {"type": "mqtt", "url": "mqtt://127.0.0.1:1883", "topic": prefix + "/{productKey}/{deviceName}"},
+        ],
+    )
+    devs = await devices(server, admin, pk, [f"stall-{i}" for i in range(4)])
+    acked: set[str] = set()
+    got: list[dict[str, Any]] = []
+    reporting = asyncio.Event()
+    reporting.set()
+    async with aiomqtt.Client("127.0.0.1", 1883) as sub:
+        await sub.subscribe(f"{prefix}/#", qos=1)
+
+        async def read() -> None:
+            async for m in sub.messages:
+                got.append(json.loads(bytes(m.payload)))  # type: ignore[arg-type]
+
+        reader = asyncio.create_task(read())
+
+        async def run(d: Device) -> None:
+            i = 0
+            while reporting.is_set() and i < 5000:  # until MQTT has shown it delivers, bounded
+                acked.add(str(await d.report(seq=i, temperature=1.5)))
+                i += 1
+
+        senders = asyncio.gather(*(run(d) for d in devs))
+        # devices are still reporting and the webhook holds its requests: MQTT delivers regardless
+        await asyncio.to_thread(wait_for, lambda: len(got) >= 100 or not reporting.is_set(), 60, what="MQTT")
+        assert len(got) >= 100
+        reporting.clear()
+        await senders
+        await asyncio.to_thread(wait_for, lambda: len(got) >= len(acked), 30, what="MQTT, all")
+        reader.cancel()
+    assert stalled.count() == 0 and stalled.waiting > 0  # the webhook delivered nothing meanwhile
+    assert {b["messageId"] for b in got} == acked
+    n = {d.dn: len([b for b in got if b["deviceName"] == d.dn]) for d in devs}
+    assert per_device(got, pk) == {dn: list(range(k)) for dn, k in n.items()}
+    doc = stats(admin, rule["id"])
+    hook, mqtt = doc["targets"]
+    assert hook["delivered"] == 0 and hook["inFlight"] > 0 and mqtt["delivered"] == len(acked)
+    stalled.paused = False
+    await asyncio.to_thread(wait_for, lambda: stalled.count() >= len(acked), 60, what="webhook catch-up")
+    assert per_device(stalled.bodies(), pk) == per_device(got, pk)
+    doc = wait_for(lambda: (s := stats(admin, rule["id"]))["queued"] + s["inFlight"] == 0 and s, 30, what="drained")
+    assert doc["delivered"] == 2 * len(acked) and doc["deadLettered"] == 0
+    stalled.stop()
+    for d in devs:
+        await d.close()
+
+
 # -- events and raw messages to NATS, RabbitMQ and Redis -----------------------------------------------------
 async def test_events_and_messages_to_brokers(server: ServerProcess, admin: Admin) -> None:
     for port, name in ((4222, "NATS"), (5672, "RabbitMQ"), (6379, "Redis")):

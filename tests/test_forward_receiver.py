@@ -45,13 +45,16 @@ def wait_for(check: Callable[[], Any], timeout: float = 30.0, interval: float = 
 
 
 class WebhookReceiver:
-    """Records every POST (headers, body); answers `status` after `delay` seconds."""
+    """Records every POST (headers, body); answers `status` after `delay` seconds. While `paused`,
+    requests wait (counted in `waiting`) and are answered once it is cleared."""
 
     def __init__(self, port: int | None = None, delay: float = 0.0, status: int = 200) -> None:
         self.port = port or free_port()
         self.delay = delay
         self.status = status
         self.records: list[tuple[dict[str, str], bytes]] = []
+        self.paused = False
+        self.waiting = 0
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -62,6 +65,11 @@ class WebhookReceiver:
 
     async def _hook(self, request: Request) -> Response:
         body = await request.body()
+        if self.paused:
+            self.waiting += 1
+            while self.paused:
+                await asyncio.sleep(0.01)
+            self.waiting -= 1
         if self.delay:
             await asyncio.sleep(self.delay)
         if 200 <= self.status < 300:
