@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import ssl
 
 import httpx
 
@@ -43,26 +44,34 @@ class WebhookSink(Sink):
 
     def __init__(self, spec: WebhookTarget, target_id: int, rule_id: int, concurrency: int) -> None:
         super().__init__(spec, target_id, rule_id, concurrency)
-        self._transport: httpx.AsyncHTTPTransport | None = None
         self._url = httpx.URL(spec.url)
         timeout = httpx.Timeout(spec.timeout_s)
         self._extensions = {"timeout": timeout.as_dict()}
-        # httpx costs more CPU per request the more connections its pool holds: requests queue here
-        # for one of a few connections rather than each lane opening its own
-        self._gate = asyncio.Semaphore(spec.max_connections)
+        # One transport per connection, handed out from a free list: httpx's pool walks all its
+        # connections (and polls each socket) on every request and every response, which cost
+        # more CPU than the request itself; a pool of one connection does neither.
+        self._lanes: list[httpx.AsyncHTTPTransport] = []
+        self._free: asyncio.Queue[httpx.AsyncHTTPTransport] = asyncio.Queue()
+        self._ssl: ssl.SSLContext | None = None
 
-    def _http(self) -> httpx.AsyncHTTPTransport:
-        if self._transport is None:
-            s = self.spec
-            verify: bool | object = tls_context(s.verify_tls, s.ca_file) if s.url.startswith("https") else True
-            self._transport = httpx.AsyncHTTPTransport(
-                verify=verify,  # type: ignore[arg-type]
-                limits=httpx.Limits(max_connections=s.max_connections, max_keepalive_connections=s.max_connections),
-            )
-        return self._transport
+    def _lane(self) -> httpx.AsyncHTTPTransport:
+        s = self.spec
+        if self._ssl is None:  # one context for all lanes: loading the CA bundle takes ~50 ms
+            self._ssl = tls_context(s.verify_tls, s.ca_file)
+        return httpx.AsyncHTTPTransport(
+            verify=self._ssl,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        )
+
+    async def _take(self) -> httpx.AsyncHTTPTransport:
+        if self._free.empty() and len(self._lanes) < self.spec.max_connections:
+            lane = self._lane()
+            self._lanes.append(lane)
+            return lane
+        return await self._free.get()
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> None:
-        """One request straight on the transport: a webhook needs none of the client's cookies,
+        """One request straight on a transport: a webhook needs none of the client's cookies,
         redirects or auth flows, and skipping them saves a good part of httpx's CPU per request."""
         s = self.spec
         headers.update(s.headers)
@@ -70,21 +79,24 @@ class WebhookSink(Sink):
         if s.secret:
             headers[s.signature_header] = signature(s.secret, body)
         request = httpx.Request("POST", self._url, content=body, headers=headers, extensions=self._extensions)
-        async with self._gate:
+        lane = await self._take()
+        try:
+            resp = await lane.handle_async_request(request)
             try:
-                resp = await self._http().handle_async_request(request)
-                try:
-                    content = await resp.aread()
-                finally:
-                    await resp.aclose()
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                raise DeliveryError(f"cannot connect to {s.url}: {exc or type(exc).__name__}") from None
-            except httpx.TimeoutException as exc:
-                raise DeliveryError(
-                    f"no answer from {s.url} within {s.timeout_s:g} s ({type(exc).__name__})", True
-                ) from None
-            except httpx.HTTPError as exc:  # connection lost mid-request: it may have arrived
-                raise DeliveryError(f"{s.url}: {type(exc).__name__}: {exc}", True) from None
+                content = await resp.aread()
+            finally:
+                await resp.aclose()
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise DeliveryError(f"cannot connect to {s.url}: {exc or type(exc).__name__}") from None
+        except httpx.TimeoutException as exc:
+            raise DeliveryError(
+                f"no answer from {s.url} within {s.timeout_s:g} s ({type(exc).__name__})", True
+            ) from None
+        except httpx.HTTPError as exc:  # connection lost mid-request: it may have arrived
+            raise DeliveryError(f"{s.url}: {type(exc).__name__}: {exc}", True) from None
+        finally:
+            if lane in self._lanes:  # not closed meanwhile
+                self._free.put_nowait(lane)
         if not 200 <= resp.status_code < 300:
             text = content[:200].decode("utf-8", "replace").replace("\n", " ")
             raise DeliveryError(f"{s.url} answered HTTP {resp.status_code}: {text}")
@@ -148,6 +160,7 @@ class WebhookSink(Sink):
         return outcome
 
     async def close(self) -> None:
-        if self._transport is not None:
-            transport, self._transport = self._transport, None
-            await transport.aclose()
+        lanes, self._lanes = self._lanes, []
+        self._free = asyncio.Queue()
+        for lane in lanes:
+            await lane.aclose()
