@@ -101,6 +101,7 @@ class Harness:
             admin_port=0,
             device_plain_http=True,
             sqlite_synchronous="OFF",
+            workers=1,  # the harness drives this process's own listener
             commit_max_delay_ms=0,
             device_rate_per_s=0,
         )
