@@ -15,6 +15,7 @@ sent must be a success, and every acknowledged report must be stored.
 
     python bench/crash.py --kills 10                          # SQLite and PostgreSQL
     python bench/crash.py --backend postgres --workers 2 --kills 10
+    python bench/crash.py --backend sqlite --workers 2 --kills 10   # workers commit through the main process
     python bench/crash.py --backend sqlite --kills 3 --json   # what tests/test_crash.py runs
 
 PostgreSQL: a fresh database is created on --pg-admin (and dropped after) unless --database is given.
@@ -109,8 +110,9 @@ class Server:
             "--device-rate-burst",
             "100000",
         ]
+        cmd += ["--workers", str(self.workers)]
         if self.database:
-            cmd += ["--database", self.database, "--workers", str(self.workers)]
+            cmd += ["--database", self.database]
         env = {**os.environ, "IOTGATE_ADMIN_KEY": ADMIN_KEY, "IOTGATE_MASTER_KEY": self.master_key}
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -457,7 +459,7 @@ async def main_async(args: argparse.Namespace) -> list[Verdict]:
                     devices=args.devices,
                     connections=args.connections,
                     run_s=(args.min_run, args.max_run),
-                    workers=args.workers if backend == "postgres" else 1,
+                    workers=args.workers,
                     seed=args.seed,
                 )
             finally:
@@ -498,7 +500,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--min-run", type=float, default=0.5, help="seconds of load before a kill (minimum)")
     parser.add_argument("--max-run", type=float, default=3.0, help="seconds of load before a kill (maximum)")
-    parser.add_argument("--workers", type=int, default=1, help="device worker processes (PostgreSQL only)")
+    parser.add_argument(
+        "--workers", type=int, default=1, help="device worker processes (SQLite: committed by the main process)"
+    )
     parser.add_argument("--database", help="PostgreSQL URL to use (default: a fresh database)")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--seed", type=int)

@@ -43,8 +43,13 @@ def check(verdict: object) -> None:
     assert v.sigterm_exit == 0 and v.sigterm_acked_during > 0
 
 
-async def test_sqlite_survives_sigkill_and_sigterm(tmp_path: Path) -> None:
-    check(await crash.run(tmp_path, None, kills=3, devices=30, connections=6, run_s=(0.3, 0.8), seed=1))
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_sqlite_survives_sigkill_and_sigterm(tmp_path: Path, workers: int) -> None:
+    """workers=2: reports travel from the device workers to the main process, the one writer."""
+    verdict = await crash.run(
+        tmp_path, None, kills=3, devices=30, connections=6, run_s=(0.3, 0.8), workers=workers, seed=1
+    )
+    check(verdict)
 
 
 async def test_postgres_survives_sigkill_and_sigterm(tmp_path: Path, pg_url: str) -> None:
