@@ -115,15 +115,53 @@ class _Ack:
                 r.done.set_result(None)
 
 
-def _no_delay(client: aiomqtt.Client) -> None:
+class ReadBuffer:
+    """paho reads each packet with several recv() calls of a few bytes (command, length, rest): a
+    system call each, for a 4-byte PUBACK. This serves them from one large read. aiomqtt's reader
+    keeps calling paho while `pending()` says bytes are buffered (as it does for TLS sockets)."""
+
+    def __init__(self, raw: socket.socket) -> None:
+        self.raw = raw
+        self._data = b""
+        self._at = 0
+
+    def recv(self, size: int) -> bytes:
+        if self._at >= len(self._data):
+            data = self.raw.recv(65536)  # BlockingIOError when there is nothing: paho expects that
+            if not data:
+                return data
+            self._data, self._at = data, 0
+        chunk = self._data[self._at : self._at + size]
+        self._at += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        return len(self._data) - self._at
+
+    def __getattr__(self, name: str) -> Any:  # send, fileno, close, setblocking, ...
+        return getattr(self.raw, name)
+
+
+def _raw_socket(paho_client: Any) -> socket.socket | None:
+    sock = paho_client.socket() if isinstance(paho_client, paho.Client) else None
+    sock = sock.raw if isinstance(sock, ReadBuffer) else sock
+    return sock if isinstance(sock, socket.socket) else None
+
+
+def _tune(client: aiomqtt.Client, tls: bool) -> None:
     """TCP_NODELAY on the client's socket (paho does not set it): a pipelined round writes many
     small PUBLISH packets, and Nagle's algorithm would hold them back until the broker's delayed ACK
-    (~40 ms on Linux) instead of sending them at once (measured: 100 publishes 8 -> 5.5 ms)."""
-    paho_client = getattr(client, "_client", None)
-    sock = paho_client.socket() if isinstance(paho_client, paho.Client) else None
-    if isinstance(sock, socket.socket):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    (~40 ms on Linux) instead of sending them at once (measured: 100 publishes 8 -> 5.5 ms). And,
+    without TLS, reads through a `ReadBuffer`."""
+    paho_client: Any = getattr(client, "_client", None)
+    sock = _raw_socket(paho_client)
+    if sock is None:
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    buffered = ReadBuffer(sock)
+    if not tls and getattr(paho_client, "_sock", None) is sock:  # TLS sockets buffer already
+        paho_client._sock = buffered
 
 
 def outcomes(
@@ -201,7 +239,7 @@ class MqttSink(Sink):
                     await asyncio.wait_for(client.__aenter__(), self.spec.timeout_s)
                 except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
                     raise DeliveryError(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from None
-                _no_delay(client)
+                _tune(client, self.tls)
                 self._client = client
         assert self._client is not None
         return self._client
@@ -251,8 +289,7 @@ class MqttSink(Sink):
         self, client: aiomqtt.Client, paho_client: paho.Client, pending: dict[int, Any], devices: list[list[OutboxRow]]
     ) -> list[tuple[int, DeliveryError | None]]:
         s = self.spec
-        sock = paho_client.socket() if _QUICKACK is not None else None
-        state = _Round(sum(len(g) for g in devices), sock if isinstance(sock, socket.socket) else None)
+        state = _Round(sum(len(g) for g in devices), _raw_socket(paho_client) if _QUICKACK is not None else None)
         states = state.state
         errors: dict[int, str] = {}  # row index -> why it was refused
         lost = ""  # the client refused a publish (not connected): nothing more goes out this round
