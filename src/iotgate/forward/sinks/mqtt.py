@@ -36,6 +36,7 @@ _client_log.setLevel(logging.ERROR)
 # Not more: paho walks its whole table of unconfirmed messages on every PUBACK
 WINDOW = 128
 
+YIELD_EVERY = 100  # publishes handed to the client between two turns of the event loop
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 # row states within a pipelined round
@@ -85,13 +86,14 @@ class _Round:
     """PUBACKs of one pipelined round: aiomqtt's on_publish callback calls `set()` on what it
     finds in its pending-publish table for the message ID (normally an asyncio.Event)."""
 
-    __slots__ = ("done", "left", "sock", "state")
+    __slots__ = ("done", "left", "sending", "sock", "state")
 
     def __init__(self, size: int, sock: socket.socket | None) -> None:
         self.state = [_UNSENT] * size
         self.left = 0
         self.done = asyncio.get_running_loop().create_future()
         self.sock = sock
+        self.sending = True  # rows are still being handed to the client: not done yet
 
 
 class _Ack:
@@ -111,7 +113,7 @@ class _Ack:
         if r.state[self.i] == _PENDING:
             r.state[self.i] = _ACKED
             r.left -= 1
-            if r.left == 0 and not r.done.done():
+            if r.left == 0 and not r.sending and not r.done.done():
                 r.done.set_result(None)
 
 
@@ -295,8 +297,12 @@ class MqttSink(Sink):
         lost = ""  # the client refused a publish (not connected): nothing more goes out this round
         mids: list[int] = []
         start = 0
+        next_pause = YIELD_EVERY
         try:
             for group in devices:  # each device's rows in order, on the one connection
+                if len(mids) >= next_pause:  # let ingest's callbacks run between chunks of a big round
+                    next_pause += YIELD_EVERY
+                    await asyncio.sleep(0)
                 for i, row in enumerate(group, start):
                     topic = self.topic.render(row, self.rule_id)
                     try:
@@ -318,6 +324,7 @@ class MqttSink(Sink):
                 start += len(group)
                 if lost:
                     break
+            state.sending = False
             unconfirmed = ""
             if state.left:
                 gone = getattr(client, "_disconnected", None)
