@@ -101,7 +101,7 @@ class DeviceCore:
             claims = self.signer.verify(token, dialect)
         except TokenError as exc:
             raise (TokenExpired if exc.expired else TokenInvalid)(str(exc)) from None
-        info = await self.registry.info(claims.device_id)
+        info = self.registry.cached_info(claims.device_id) or await self.registry.info(claims.device_id)
         if info is None:
             raise TokenInvalid("the token's device no longer exists")
         if not info.enabled:
@@ -119,13 +119,26 @@ class DeviceCore:
             raise RateLimited(f"device {device.device_name} exceeded {rate or self.limiter.rate:g} requests/s")
 
     async def product_rate(self, device: DeviceInfo) -> float | None:
-        product = await self.registry.product_cached(device.product_key)
+        product = self.registry.cached_product(device.product_key) or await self.registry.product_cached(
+            device.product_key
+        )
         return product.rate_per_s if product else None
+
+    def check_product_rate(self, device: DeviceInfo) -> bool:
+        """check_rate with the product's rate when the product is cached (the hot path); False: not
+        cached, await product_rate and call check_rate instead."""
+        product = self.registry.cached_product(device.product_key)
+        if product is None:
+            return False
+        self.check_rate(device, product.rate_per_s)
+        return True
 
     # -- reports --------------------------------------------------------------------------
     async def validate(self, report: PropertyReport) -> list[tuple[int, dict[str, Any]]]:
         """Accepted (ts, values) groups, or ReportRejected naming every bad value."""
-        return self._validate(await self.registry.compiled_model(report.device.product_key), report, now_ms())
+        product_key = report.device.product_key
+        model = self.registry.cached_model(product_key) or await self.registry.compiled_model(product_key)
+        return self._validate(model, report, now_ms())
 
     def _validate(
         self, model: CompiledModel | None, report: PropertyReport, now: int
@@ -171,7 +184,8 @@ class DeviceCore:
         for report in reports:
             product_key = report.device.product_key
             if product_key not in models:
-                models[product_key] = await self.registry.compiled_model(product_key)
+                registry = self.registry
+                models[product_key] = registry.cached_model(product_key) or await registry.compiled_model(product_key)
             try:
                 accepted.append((report, self._validate(models[product_key], report, now)))
             except ReportRejected as exc:
@@ -215,7 +229,7 @@ class DeviceCore:
         topic: str,
         payload: bytes,
     ) -> int:
-        model = await self.registry.compiled_model(device.product_key)
+        model = self.registry.cached_model(device.product_key) or await self.registry.compiled_model(device.product_key)
         if model is None:
             message = f"product {device.product_key} has no published thing model"
             await self.record_rejection(device, message, topic, payload, ["model"])

@@ -164,7 +164,8 @@ class AlinkDialect:
         except TokenInvalid as exc:
             raise AlinkError(TOKEN_ERROR, f"check token error: {exc}") from None
         try:
-            self.core.check_rate(device, await self.core.product_rate(device))
+            if not self.core.check_product_rate(device):
+                self.core.check_rate(device, await self.core.product_rate(device))
         except RateLimited as exc:
             raise AlinkError(TOO_MANY, f"request too many: {exc}") from None
         ctype = req.headers.get("content-type", "application/octet-stream").split(";", 1)[0].strip().lower()

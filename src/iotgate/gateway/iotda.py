@@ -212,7 +212,8 @@ class IotdaDialect:
             raise IotdaError(404, INVALID_INPUT, f"Invalid input data: no such API {req.path}")
         device = await self._token_device(req, unquote(parts[3]))
         try:
-            self.core.check_rate(device, await self.core.product_rate(device))
+            if not self.core.check_product_rate(device):
+                self.core.check_rate(device, await self.core.product_rate(device))
         except RateLimited as exc:
             raise IotdaError(403, RATE_LIMITED, f"Request reached the maximum rate limit: {exc}") from None
         topic = req.path
@@ -257,7 +258,8 @@ class IotdaDialect:
             raise invalid("devices must be a non-empty list of {device_id, services}")
         if len(devices) > MAX_SUB_DEVICES:
             raise invalid(f"devices has {len(devices)} entries; at most {MAX_SUB_DEVICES} per request")
-        product = await self.core.registry.product_cached(gateway.product_key)
+        registry = self.core.registry
+        product = registry.cached_product(gateway.product_key) or await registry.product_cached(gateway.product_key)
         if product is None or product.node_type != "gateway":
             kind = product.node_type if product else "unknown"
             raise not_sub_devices(f"{gateway.device_id} is not a gateway (its product's node type is {kind})")
@@ -271,7 +273,7 @@ class IotdaDialect:
                 bad.append((None, where, f"{where} must be an object with a device_id string and services", b"", []))
                 continue
             parts = split_device_id(child_id)
-            child = await self.core.registry.info_by_name(*parts) if parts else None
+            child = (registry.cached_info_by_name(*parts) or await registry.info_by_name(*parts)) if parts else None
             if child is None or child.gateway_id != gateway.id:
                 foreign.append(f"{where} {_clip(child_id, 140)}")
                 continue

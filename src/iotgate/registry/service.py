@@ -279,6 +279,22 @@ class Registry:
             raise NotFound(f"device {product_key}/{device_name} not found")
         return row
 
+    # Hot-path peeks: a cache hit without a coroutine (creating and awaiting one per lookup is a
+    # measurable share of a request; a gateway report looks up 50 sub-devices). None: not cached
+    # (or, for products and models, cached as absent) - then await the loading method.
+    def cached_info(self, device_id: int) -> DeviceInfo | None:
+        return self._devices.get(device_id)
+
+    def cached_info_by_name(self, product_key: str, device_name: str) -> DeviceInfo | None:
+        device_id = self._by_name.get((product_key, device_name))
+        return None if device_id is None else self._devices.get(device_id)
+
+    def cached_product(self, product_key: str) -> ProductRow | None:
+        return self._products.get(product_key)
+
+    def cached_model(self, product_key: str) -> CompiledModel | None:
+        return self._models.get(product_key)
+
     async def info(self, device_id: int) -> DeviceInfo | None:
         """Hot path: the cached view of a device, loaded on a miss."""
         info = self._devices.get(device_id)
