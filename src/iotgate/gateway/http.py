@@ -19,7 +19,7 @@ from typing import Protocol as TypingProtocol
 import httptools
 
 from iotgate import metrics
-from iotgate.gateway.tls_transport import TlsListener
+from iotgate.gateway.tls_transport import ADDRESS_COUNTED, TlsListener
 
 log = logging.getLogger("iotgate.gateway")
 
@@ -132,6 +132,7 @@ class HttpConnection(asyncio.Protocol):
         "_limit",
         "_queue",
         "_url",
+        "address_counted",
         "client",
         "closed",
         "deadline",
@@ -145,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)  # _IDLE_PARSER between requests (see _process)
         self.client = ""
+        self.address_counted = False
         self._queue: list[Request | Response] = []  # a Response is a final error reply; list: 0.7 KB < deque
         self._busy = False
         self.closed = False
@@ -173,6 +175,7 @@ class HttpConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
         peer = transport.get_extra_info("peername")
         self.client = peer[0] if peer else ""
+        self.address_counted = bool(transport.get_extra_info(ADDRESS_COUNTED))  # by the TLS layer
         if not self.server.admit(self):
             assert self.transport is not None
             self.transport.abort()
@@ -395,26 +398,37 @@ class DeviceServer:
     def now(self) -> float:
         return self.loop.time()
 
-    def admit(self, conn: HttpConnection) -> bool:
-        count = self.per_ip.get(conn.client, 0)
+    def take_address(self, client: str) -> bool:
+        """Count a new connection from `client` against max_connections_per_ip; False: refused.
+        Over TLS the listener calls this when the TCP connection arrives, before the handshake."""
+        count = self.per_ip.get(client, 0)
         if self.closing or count >= self.limits.max_connections_per_ip:
             self.refused += 1
             if self.on_refused:
-                self.on_refused(conn.client)
+                self.on_refused(client)
+            return False
+        self.per_ip[client] = count + 1
+        return True
+
+    def give_back_address(self, client: str) -> None:
+        left = self.per_ip.get(client, 1) - 1
+        if left > 0:
+            self.per_ip[client] = left
+        else:
+            self.per_ip.pop(client, None)
+
+    def admit(self, conn: HttpConnection) -> bool:
+        if self.closing or (not conn.address_counted and not self.take_address(conn.client)):
             conn.closed = True
             return False
-        self.per_ip[conn.client] = count + 1
         self.connections.add(conn)
         return True
 
     def release(self, conn: HttpConnection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
-            left = self.per_ip.get(conn.client, 1) - 1
-            if left > 0:
-                self.per_ip[conn.client] = left
-            else:
-                self.per_ip.pop(conn.client, None)
+            if not conn.address_counted:
+                self.give_back_address(conn.client)
 
     async def listen(
         self, host: str, port: int, ssl_context: ssl.SSLContext | None, reuse_port: bool = False
@@ -426,7 +440,7 @@ class DeviceServer:
         if ssl_context is not None:
             # TLS in our own layer on the TCP transport, not the loop's SSL transport: ~7 KiB less
             # per idle connection at the same CPU per request (tls_transport.py, docs/benchmarks.md)
-            factory = TlsListener(ssl_context, connection, self.limits.header_timeout_s, self.loop)
+            factory = TlsListener(ssl_context, connection, self.limits.header_timeout_s, self.loop, gate=self)
         server = await self.loop.create_server(
             factory, host=host, port=port, reuse_port=reuse_port or None, backlog=2048
         )
