@@ -618,6 +618,12 @@ def test_gateway_batch_of_50_is_stored_for_each_child(
     level = admin.properties(sub_pk, g["children"][0])["battery:level"]
     assert (level["value"], level["time"]) == (42, 1704067200000)
     assert admin.c.get(f"/api/v1/products/{sub_pk}/devices/child-07").json()["online"] is True
+    # again, now that every child is cached (the one-pass path): stored for each child too
+    devices = [child_entry(sub_pk, n, temperature=i - 9, humidity=i + 1) for i, n in enumerate(g["children"])]
+    assert gateway_report(device_client, g["gw"], tok, devices).status_code == 200
+    for i, name in enumerate(g["children"]):
+        status = admin.properties(sub_pk, name)
+        assert (status["temperature"]["value"], status["humidity"]["value"]) == (i - 9, i + 1), name
 
 
 def test_gateway_batch_of_51_is_refused(admin: Admin, gateways: dict[str, Any], device_client: httpx.Client) -> None:
@@ -695,11 +701,14 @@ def test_gateway_batch_is_all_or_nothing(admin: Admin, gateways: dict[str, Any],
         assert len(rejected) == 1 and g["gw"]["deviceId"] in rejected[0]["reason"], name
         assert json.loads(rejected[0]["payload"])["device_id"] == f"{sub_pk}_{name}"
     # model problems only (no malformed entry) take the same all-or-nothing path
-    devices = [child_entry(sub_pk, names[0], temperature=6), child_entry(sub_pk, names[1], humidity=0)]
+    # (children known by now: the one-pass path); a child's recorded payload is its entry as sent
+    bad = {**child_entry(sub_pk, names[1], humidity=0), "note": "kept as sent"}
+    devices = [child_entry(sub_pk, names[0], temperature=6), bad]
     msg = assert_error(gateway_report(device_client, g["gw"], tok, devices), 400, "IOTDA.000006", "1 of 2", "humidity")
     assert names[1] in msg and names[0] not in msg
     assert admin.properties(sub_pk, names[0])["temperature"]["value"] == before[names[0]]
-    assert len(admin.messages(sub_pk, names[1], "rejected")) == 2
+    rejected = admin.messages(sub_pk, names[1], "rejected")
+    assert len(rejected) == 2 and bad in [json.loads(m["payload"]) for m in rejected]
 
 
 def test_gateway_api_needs_a_gateway(

@@ -116,6 +116,25 @@ def _json_object(body: bytes) -> dict[str, Any]:
     return doc
 
 
+class _Service(msgspec.Struct, gc=False):
+    service_id: str
+    properties: dict[str, Any]
+    event_time: Any = None
+
+
+class _Child(msgspec.Struct, gc=False):
+    device_id: str
+    services: list[_Service]
+
+
+class _GatewayBody(msgspec.Struct, gc=False):
+    devices: list[msgspec.Raw]
+
+
+_decode_gateway = msgspec.json.Decoder(_GatewayBody).decode
+_decode_child = msgspec.json.Decoder(_Child).decode
+
+
 def service_reports(
     device: DeviceInfo, doc: dict[str, Any], where: str, topic: str, payload: bytes
 ) -> list[PropertyReport]:
@@ -252,6 +271,51 @@ class IotdaDialect:
     # -- gateway batch --------------------------------------------------------------------
     async def _gateway_report(self, gateway: DeviceInfo, body: bytes, topic: str) -> None:
         """All children valid, or nothing stored: every bad child is named and recorded."""
+        registry = self.core.registry
+        product = registry.cached_product(gateway.product_key)
+        if product is not None and product.node_type == "gateway":
+            well_formed = self._well_formed_children(gateway, body, topic)
+            if well_formed is not None:
+                reports, count = well_formed
+                try:  # validates every child, then commits all of them or records each rejection
+                    await self.core.report_many(reports)
+                except ReportRejected as exc:
+                    names = list(dict.fromkeys(str(issue.get("deviceId", "")) for issue in exc.issues))
+                    raise invalid(batch_message(names, count, [str(exc)])) from None
+                return
+        await self._gateway_report_checked(gateway, body, topic)
+
+    def _well_formed_children(
+        self, gateway: DeviceInfo, body: bytes, topic: str
+    ) -> tuple[list[PropertyReport], int] | None:
+        """The common case in one pass: the body decoded into typed structs (no dict walking, no
+        re-encoding: each child's payload is its own bytes of the body) and every child a cached,
+        enabled sub-device of this gateway. None: anything else, which the checked path handles
+        (it names every problem)."""
+        try:
+            raw = _decode_gateway(body.rstrip(b"\x00")).devices
+            if not raw or len(raw) > MAX_SUB_DEVICES:
+                return None
+            children = [_decode_child(entry) for entry in raw]
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):  # ValidationError is a DecodeError
+            return None
+        cached = self.core.registry.cached_info_by_name
+        reports: list[PropertyReport] = []
+        for entry, child in zip(raw, children, strict=True):
+            parts = split_device_id(child.device_id)
+            info = cached(*parts) if parts else None
+            if info is None or info.gateway_id != gateway.id or not info.enabled or not child.services:
+                return None
+            payload = bytes(entry)
+            for service in child.services:
+                if not service.service_id or not service.properties:
+                    return None
+                ts = parse_event_time(service.event_time)
+                group = [(ts, service.properties)]
+                reports.append(PropertyReport(info, group, module=service.service_id, topic=topic, payload=payload))
+        return reports, len(children)
+
+    async def _gateway_report_checked(self, gateway: DeviceInfo, body: bytes, topic: str) -> None:
         doc = _json_object(body)
         devices = doc.get("devices")
         if not isinstance(devices, list) or not devices:
