@@ -55,28 +55,39 @@ class _Framer(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buffer
-        buf += data
-        start = 0
-        while len(buf) - start >= 4:
-            (size,) = _LENGTH.unpack_from(buf, start)
-            if size > MAX_FRAME:
-                log.error("ingest link: frame of %d bytes refused; closing", size)
-                assert self.transport is not None
-                self.transport.close()
-                return
-            if len(buf) - start - 4 < size:
-                break
-            frame = bytes(buf[start + 4 : start + 4 + size])
-            start += 4 + size
-            self.frame_received(frame)
-        del buf[:start]
+        # Frames are decoded straight from the bytes received (memoryview slices, no copies: a
+        # gateway frame is tens of KB); only an incomplete tail is kept for the next read.
+        buffered = bool(self._buffer)
+        if buffered:
+            self._buffer += data
+        source: bytes | bytearray = self._buffer if buffered else data
+        start, end = 0, len(source)
+        with memoryview(source) as view:
+            while end - start >= 4:
+                (size,) = _LENGTH.unpack_from(view, start)
+                if size > MAX_FRAME:
+                    log.error("ingest link: frame of %d bytes refused; closing", size)
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
+                if end - start - 4 < size:
+                    break
+                with view[start + 4 : start + 4 + size] as frame:
+                    self.frame_received(frame)
+                start += 4 + size
+            if start == end:
+                tail = bytearray()
+            elif start == 0 and buffered:
+                return  # still one incomplete frame: keep the buffer as it is
+            else:
+                tail = bytearray(view[start:])
+        self._buffer = tail
 
     def send(self, body: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(_LENGTH.pack(len(body)) + body)
 
-    def frame_received(self, frame: bytes) -> None:
+    def frame_received(self, frame: memoryview) -> None:
         raise NotImplementedError
 
 
@@ -122,7 +133,7 @@ class _HubConnection(_Framer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.links.discard(self)
 
-    def frame_received(self, frame: bytes) -> None:
+    def frame_received(self, frame: memoryview) -> None:
         try:
             seq, records = self._decode(frame)
         except msgspec.DecodeError as exc:  # a bug, not device input: say so loudly, keep serving
@@ -238,7 +249,7 @@ class IngestLink(_Framer):
         self._inflight[self._seq] = (records, futs)
         self.send(self._encode((self._seq, records)))
 
-    def frame_received(self, frame: bytes) -> None:
+    def frame_received(self, frame: memoryview) -> None:
         seq, error = self._decode(frame)
         batch = self._inflight.pop(seq, None)
         if batch is None:

@@ -517,17 +517,20 @@ class SqliteStorage(ForwardSqlite, Storage):
         """Fold a committed batch into the pending latest values and last-seen times (writer thread)."""
         dirty, seen = self._dirty_latest, self._dirty_seen
         for r in records:
-            if r.values is not None and r.kind == "property":
-                current = dirty.get(r.device_id)
-                if current is None:
-                    current = dirty[r.device_id] = {}
-                ts = r.ts
-                for key, value in r.values.items():
-                    prev = current.get(key)
-                    if prev is None or ts >= prev[1]:
-                        current[key] = (value, ts, r.message_id)
-            if r.kind != "rejected" and seen.get(r.device_id, 0) < r.received_at:
-                seen[r.device_id] = r.received_at
+            values, device = r.values, r.device_id
+            if values is not None and r.kind == "property":
+                ts, message_id = r.ts, r.message_id
+                current = dirty.get(device)
+                if current is None:  # the device's first report since the last checkpoint
+                    dirty[device] = {key: (value, ts, message_id) for key, value in values.items()}
+                else:
+                    known = current.get
+                    for key, value in values.items():
+                        prev = known(key)
+                        if prev is None or ts >= prev[1]:
+                            current[key] = (value, ts, message_id)
+            if r.kind != "rejected" and seen.get(device, 0) < r.received_at:
+                seen[device] = r.received_at
 
     def _checkpoint_logged(self) -> None:
         assert self._writer is not None

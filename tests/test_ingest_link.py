@@ -1,0 +1,157 @@
+"""The ingest link between device workers and the one SQLite writer (ingest/remote.py), in-process:
+a real IngestHub on a real Unix socket in front of a real Ingestor and SqliteStorage."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import sqlite3
+import struct
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from iotgate.ingest.ids import MessageIds
+from iotgate.ingest.pipeline import Ingestor, ShuttingDown
+from iotgate.ingest.remote import CommitFailed, IngestHub, IngestLink, _Framer
+from iotgate.storage.base import Record
+from iotgate.storage.sqlite import SqliteStorage
+
+IDS = MessageIds(5)
+
+
+def record(device: int, message_id: int | None = None, **values: object) -> Record:
+    now = int(time.time() * 1000)
+    return Record(
+        message_id=message_id or IDS.next(),
+        device_id=device,
+        kind="property",
+        ts=now,
+        received_at=now,
+        values=values or {"t": 1},
+        payload=b'{"params":{"t":1}}',
+    )
+
+
+def stored_ids(path: Path) -> list[int]:
+    with sqlite3.connect(path) as con:
+        return [r[0] for r in con.execute("SELECT message_id FROM history ORDER BY message_id")]
+
+
+class Collector(_Framer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[bytes] = []
+
+    def frame_received(self, frame: memoryview) -> None:
+        self.frames.append(bytes(frame))
+
+
+def framed(*bodies: bytes) -> bytes:
+    return b"".join(struct.pack(">I", len(b)) + b for b in bodies)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7, 4096, 1 << 20])
+def test_frames_survive_any_split_of_the_stream(chunk: int) -> None:
+    bodies = [b"", b"x", secrets.token_bytes(5000), b"tail" * 10, secrets.token_bytes(70_000)]
+    stream = framed(*bodies)
+    collector = Collector()
+    for start in range(0, len(stream), chunk):
+        collector.data_received(stream[start : start + chunk])
+    assert collector.frames == bodies
+    assert not collector._buffer  # nothing left over
+
+
+@dataclass
+class Link:
+    storage: SqliteStorage
+    ingestor: Ingestor
+    hub: IngestHub
+    link: IngestLink
+
+
+@pytest.fixture
+async def wired(tmp_path: Path) -> AsyncIterator[Link]:
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage)
+    ingestor.start()
+    hub = IngestHub(ingestor, f"\0iotgate-test-{secrets.token_hex(6)}")
+    await hub.start()
+    link = IngestLink()
+    await link.connect(hub.path)
+    yield Link(storage, ingestor, hub, link)
+    await link.stop(timeout=5)
+    await hub.stop()
+    await ingestor.stop()
+    await storage.close()
+
+
+async def test_records_are_acknowledged_after_the_writer_commits_them(wired: Link) -> None:
+    seen_by_worker: list[int] = []
+    seen_by_writer: list[int] = []
+    wired.link.after_commit.append(lambda rs: seen_by_worker.extend(r.message_id for r in rs))
+    wired.ingestor.after_commit.append(lambda rs: seen_by_writer.extend(r.message_id for r in rs))
+    requests = [[record(d, t=i) for i in range(1 + d % 3)] for d in range(200)]  # one loop pass of requests
+    futures = [wired.link.submit_many(rs) for rs in requests]
+    assert all(len(f) == len(rs) for f, rs in zip(futures, requests, strict=True))
+    for group in futures:
+        for fut in group:
+            await fut
+    sent = sorted(r.message_id for rs in requests for r in rs)
+    assert stored_ids(wired.storage.path) == sent  # every acknowledged record is in history, once
+    assert sorted(seen_by_worker) == sent and sorted(seen_by_writer) == sent
+    assert wired.link.committed == len(sent)
+    # the writer process holds the running status of what workers sent
+    assert (await wired.storage.latest_values(199))["t"][0] == 1
+
+
+async def test_a_failed_commit_reaches_the_worker_as_commit_failed(wired: Link) -> None:
+    duplicate = IDS.next()
+    await wired.link.submit(record(1, duplicate))
+    failing = wired.link.submit(record(1, duplicate))  # same message ID: the batch's INSERT fails
+    with pytest.raises(CommitFailed):
+        await failing
+    await wired.link.submit(record(2))  # the link and the writer go on
+    assert len(stored_ids(wired.storage.path)) == 2
+
+
+async def test_losing_the_writer_fails_what_is_in_flight_and_refuses_more(tmp_path: Path) -> None:
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage)
+    ingestor.start()
+    hub = IngestHub(ingestor, f"\0iotgate-test-{secrets.token_hex(6)}")
+    await hub.start()
+    lost = asyncio.Event()
+    link = IngestLink(on_lost=lost.set)
+    await link.connect(hub.path)
+    try:
+        await link.submit(record(1))
+        await hub.stop()  # the main process goes away
+        await asyncio.wait_for(lost.wait(), 5)
+        with pytest.raises(ShuttingDown):
+            link.submit(record(1))
+    finally:
+        await link.stop(timeout=1)
+        await ingestor.stop()
+        await storage.close()
+
+
+async def test_a_worker_stopping_waits_for_its_answers(wired: Link) -> None:
+    futures = wired.link.submit_many([record(d) for d in range(50)])
+    await wired.link.stop(timeout=10)  # flushes and waits: nothing sent is left unanswered
+    assert all(f.done() and f.exception() is None for f in futures)
+    assert len(stored_ids(wired.storage.path)) == 50
+    with pytest.raises(ShuttingDown):
+        wired.link.submit(record(1))
+
+
+def test_frames_carry_records_losslessly() -> None:
+    r = record(7, t=1.5, s="x", b=True, n=None, o={"a": [1, 2]})
+    body = msgspec.msgpack.encode((3, [r]))
+    assert msgspec.msgpack.decode(body, type=tuple[int, list[Record]]) == (3, [r])
