@@ -52,12 +52,39 @@ class OutboxSource(Protocol):
     def committed(self, batch: OutboxBatch) -> None: ...
 
 
+class _Group:
+    """One future for a group of records (a worker's frame): resolved when the last of them is
+    committed, failed as soon as one batch holding some of them fails. In the pending list it
+    stands where a record's own future would (done / set_result / set_exception), so a frame of
+    50 gateway children costs one future and one callback instead of fifty."""
+
+    __slots__ = ("future", "left")
+
+    def __init__(self, future: asyncio.Future[None], size: int) -> None:
+        self.future = future
+        self.left = size
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, _: None) -> None:
+        self.left -= 1
+        if self.left == 0:
+            self.future.set_result(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self.future.set_exception(exc)
+
+
+Waiter = asyncio.Future[None] | _Group
+
+
 class Ingestor:
     def __init__(self, storage: Storage, max_reports: int = 1000, max_delay_ms: float = 2.0) -> None:
         self.storage = storage
         self.max_reports = max_reports
         self.max_delay = max_delay_ms / 1000
-        self._pending: list[tuple[Record, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Record, Waiter]] = []
         self._first_at = 0.0  # loop time the oldest pending report arrived
         self._wake = asyncio.Event()
         self._full = asyncio.Event()
@@ -92,6 +119,23 @@ class Ingestor:
         self._pending.extend(zip(records, futures, strict=True))
         self._queued(loop)
         return futures
+
+    def submit_group(self, records: list[Record]) -> asyncio.Future[None]:
+        """Queue records like submit_many, with one future that resolves once all are committed
+        (or fails with the first failed batch holding any of them)."""
+        if self._closing:
+            raise ShuttingDown("server is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        if not records:
+            future.set_result(None)
+            return future
+        group = _Group(future, len(records))
+        if not self._pending:
+            self._first_at = loop.time()
+        self._pending.extend((r, group) for r in records)
+        self._queued(loop)
+        return future
 
     def _queued(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._eager:
@@ -163,7 +207,7 @@ class Ingestor:
                 self._first_at = asyncio.get_running_loop().time()
             await self._commit(batch)
 
-    async def _commit(self, batch: list[tuple[Record, asyncio.Future[None]]]) -> None:
+    async def _commit(self, batch: list[tuple[Record, Waiter]]) -> None:
         records = [r for r, _ in batch]
         started = time.perf_counter()
         outbox = None

@@ -140,32 +140,15 @@ class _HubConnection(_Framer):
             log.error("ingest link: undecodable frame (%s)", exc)
             return
         try:
-            futures = self.hub.ingestor.submit_many(records)
+            committed = self.hub.ingestor.submit_group(records)
         except ShuttingDown as exc:
             self.send(self._encode((seq, f"shutting down: {exc}")))
             return
-        _when_all_done(futures, lambda error: self.send(self._encode((seq, error))))
+        committed.add_done_callback(lambda fut: self._answer(seq, fut))
 
-
-def _when_all_done(futures: list[asyncio.Future[None]], answer: Callable[[str], None]) -> None:
-    """Call `answer` once every future is done: "" if all succeeded, else the first error."""
-    left = len(futures)
-    errors: list[str] = []
-    if not left:
-        answer("")
-        return
-
-    def done(fut: asyncio.Future[None]) -> None:
-        nonlocal left
-        left -= 1
+    def _answer(self, seq: int, fut: asyncio.Future[None]) -> None:
         exc = fut.exception()
-        if exc is not None and not errors:
-            errors.append(str(exc) or type(exc).__name__)
-        if left == 0:
-            answer(errors[0] if errors else "")
-
-    for fut in futures:
-        fut.add_done_callback(done)
+        self.send(self._encode((seq, "" if exc is None else str(exc) or type(exc).__name__)))
 
 
 # -- device worker ------------------------------------------------------------------------------
