@@ -8,7 +8,7 @@ import secrets
 import sqlite3
 import struct
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,21 +74,31 @@ class Link:
     link: IngestLink
 
 
-@pytest.fixture
-async def wired(tmp_path: Path) -> AsyncIterator[Link]:
+async def wire(tmp_path: Path, on_lost: Callable[[], None] | None = None) -> Link:
+    """A writer (storage, Ingestor, IngestHub on an abstract Unix socket) and a worker's link to it."""
     storage = SqliteStorage(tmp_path / "db.sqlite")
     await storage.open()
     ingestor = Ingestor(storage)
     ingestor.start()
     hub = IngestHub(ingestor, f"\0iotgate-test-{secrets.token_hex(6)}")
     await hub.start()
-    link = IngestLink()
+    link = IngestLink(on_lost=on_lost)
     await link.connect(hub.path)
-    yield Link(storage, ingestor, hub, link)
-    await link.stop(timeout=5)
-    await hub.stop()
-    await ingestor.stop()
-    await storage.close()
+    return Link(storage, ingestor, hub, link)
+
+
+async def unwire(w: Link) -> None:
+    await w.link.stop(timeout=5)
+    await w.hub.stop()
+    await w.ingestor.stop()
+    await w.storage.close()
+
+
+@pytest.fixture
+async def wired(tmp_path: Path) -> AsyncIterator[Link]:
+    w = await wire(tmp_path)
+    yield w
+    await unwire(w)
 
 
 async def test_records_are_acknowledged_after_the_writer_commits_them(wired: Link) -> None:
@@ -121,25 +131,16 @@ async def test_a_failed_commit_reaches_the_worker_as_commit_failed(wired: Link) 
 
 
 async def test_losing_the_writer_fails_what_is_in_flight_and_refuses_more(tmp_path: Path) -> None:
-    storage = SqliteStorage(tmp_path / "db.sqlite")
-    await storage.open()
-    ingestor = Ingestor(storage)
-    ingestor.start()
-    hub = IngestHub(ingestor, f"\0iotgate-test-{secrets.token_hex(6)}")
-    await hub.start()
     lost = asyncio.Event()
-    link = IngestLink(on_lost=lost.set)
-    await link.connect(hub.path)
+    w = await wire(tmp_path, on_lost=lost.set)
     try:
-        await link.submit(record(1))
-        await hub.stop()  # the main process goes away
+        await w.link.submit(record(1))
+        await w.hub.stop()  # the main process goes away
         await asyncio.wait_for(lost.wait(), 5)
         with pytest.raises(ShuttingDown):
-            link.submit(record(1))
+            w.link.submit(record(1))
     finally:
-        await link.stop(timeout=1)
-        await ingestor.stop()
-        await storage.close()
+        await unwire(w)
 
 
 async def test_a_worker_stopping_waits_for_its_answers(wired: Link) -> None:

@@ -79,20 +79,32 @@ def test_workers_share_the_port_and_each_has_its_node_id(server: ServerProcess, 
     assert len(history["items"]) == 32
 
 
-def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
+def replace_a_killed_worker(server: ServerProcess) -> None:
+    """SIGKILL one device worker; return once the main process has started another and is ready."""
     assert server.proc is not None
-    before = worker_pids(server.proc.pid)
-    victim = before[0]
+    victim = worker_pids(server.proc.pid)[0]
     subprocess.run(["kill", "-KILL", str(victim)], check=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         now = worker_pids(server.proc.pid)
         ready = httpx.get(server.admin_url + "/readyz", timeout=5)
         if len(now) == 2 and victim not in now and ready.status_code == 200:
-            break
+            return
         time.sleep(0.2)
-    else:
-        pytest.fail(f"worker was not replaced: {worker_pids(server.proc.pid)}")
+    pytest.fail(f"worker was not replaced: {worker_pids(server.proc.pid)}")
+
+
+def stop_with_sigterm_and_check_the_workers_went_too(server: ServerProcess) -> None:
+    assert server.proc is not None
+    pids = worker_pids(server.proc.pid)
+    assert len(pids) == 2
+    assert server.stop(signal.SIGTERM) == 0
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+
+
+def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
+    replace_a_killed_worker(server)
     pk = admin.product(SEED_MODEL)
     dev = admin.device(pk, "after-kill")
     assert report_on_fresh_connections(server, pk, "after-kill", dev["deviceSecret"], 24) == {11, 12}
@@ -100,9 +112,4 @@ def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
 
 def test_sigterm_stops_the_workers_with_the_server(server: ServerProcess) -> None:
     """Last in this module: it stops the module's server."""
-    assert server.proc is not None
-    pids = worker_pids(server.proc.pid)
-    assert len(pids) == 2
-    assert server.stop(signal.SIGTERM) == 0
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists()
+    stop_with_sigterm_and_check_the_workers_went_too(server)

@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from conftest import SEED_MODEL, Admin, ServerProcess
 from iotgate.auth.signing import alink_auth_body
 from test_e2e_seed import test_seed_collector_end_to_end
-from test_postgres_e2e import report_on_fresh_connections, worker_pids
+from test_postgres_e2e import (
+    replace_a_killed_worker,
+    report_on_fresh_connections,
+    stop_with_sigterm_and_check_the_workers_went_too,
+    worker_pids,
+)
 
 __all__ = ["test_seed_collector_end_to_end"]  # collected here too
 
@@ -61,18 +64,7 @@ def test_a_rejection_in_a_worker_is_recorded(server: ServerProcess, admin: Admin
 
 
 def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
-    assert server.proc is not None
-    victim = worker_pids(server.proc.pid)[0]
-    subprocess.run(["kill", "-KILL", str(victim)], check=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        now = worker_pids(server.proc.pid)
-        ready = httpx.get(server.admin_url + "/readyz", timeout=5)
-        if len(now) == 2 and victim not in now and ready.status_code == 200:
-            break
-        time.sleep(0.2)
-    else:
-        pytest.fail(f"worker was not replaced: {worker_pids(server.proc.pid)}")
+    replace_a_killed_worker(server)
     pk = admin.product(SEED_MODEL)
     dev = admin.device(pk, "after-kill")
     assert report_on_fresh_connections(server, pk, "after-kill", dev["deviceSecret"], 24) == {1, 2}
@@ -80,12 +72,7 @@ def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
 
 def test_sigterm_stops_the_workers_with_the_server(server: ServerProcess) -> None:
     """Last but one: it stops the module's server."""
-    assert server.proc is not None
-    pids = worker_pids(server.proc.pid)
-    assert len(pids) == 2
-    assert server.stop(signal.SIGTERM) == 0
-    for pid in pids:
-        assert not Path(f"/proc/{pid}").exists()
+    stop_with_sigterm_and_check_the_workers_went_too(server)
 
 
 def test_workers_stop_when_the_main_process_is_killed(tmp_path: Path) -> None:
