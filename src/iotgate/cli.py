@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
-import io
 import json
 import logging
 import os
@@ -185,11 +184,13 @@ def read_device_names(path: str) -> list[dict[str, str]]:
         doc = json.loads(text)
         items = doc.get("devices", doc) if isinstance(doc, dict) else doc
         return [{"deviceName": d} if isinstance(d, str) else d for d in items]
-    rows = list(csv.reader(io.StringIO(text)))
-    if rows and "deviceName" in [c.strip() for c in rows[0]]:
-        col = [c.strip() for c in rows[0]].index("deviceName")
-        return [{"deviceName": r[col].strip()} for r in rows[1:] if len(r) > col and r[col].strip()]
-    return [{"deviceName": r[0].strip()} for r in rows if r and r[0].strip()]
+    from iotgate.registry.names import device_names_from_csv
+
+    try:
+        names = device_names_from_csv(text)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: the CSV cannot be read: {exc}") from None
+    return [{"deviceName": name} for name in names if name]  # a blank cell names no device
 
 
 def import_devices(args: argparse.Namespace, api: AdminClient) -> None:

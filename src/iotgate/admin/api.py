@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from iotgate.model import (
     model_to_dict,
     parse_model,
 )
+from iotgate.registry.names import device_names_from_csv
 from iotgate.registry.service import DEVICE_NAME_RE, DEVICE_NAME_RULE, device_id_of
 from iotgate.storage.base import DeviceRow, ProductRow, Record
 
@@ -314,16 +314,9 @@ async def create_device(request: Request) -> Response:
 def names_from_csv(text: str) -> list[str | None]:
     """CSV with a `deviceName` header (other columns ignored), or one name per line."""
     try:
-        rows = list(csv.reader(io.StringIO(text, newline="")))
+        return device_names_from_csv(text)
     except csv.Error as exc:
         raise ApiError(422, "invalid_csv", f"the CSV body cannot be read: {exc}") from None
-    if not rows:
-        return []
-    header = [h.strip() for h in rows[0]]
-    if "deviceName" in header:
-        col = header.index("deviceName")
-        return [r[col].strip() or None for r in rows[1:] if len(r) > col and any(c.strip() for c in r)]
-    return [r[0].strip() for r in rows if r and r[0].strip()]
 
 
 async def create_devices_batch(request: Request) -> Response:
