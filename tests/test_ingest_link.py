@@ -156,3 +156,13 @@ def test_frames_carry_records_losslessly() -> None:
     r = record(7, t=1.5, s="x", b=True, n=None, o={"a": [1, 2]})
     body = msgspec.msgpack.encode((3, [r]))
     assert msgspec.msgpack.decode(body, type=tuple[int, list[Record]]) == (3, [r])
+
+
+async def test_an_undecodable_frame_closes_the_link_instead_of_leaving_it_waiting(wired: Link) -> None:
+    lost = asyncio.Event()
+    wired.link.on_lost = lost.set
+    pending = wired.link.submit(record(1))
+    wired.link.send(b"\xc1 not msgpack")  # what a broken worker might send
+    await asyncio.wait_for(lost.wait(), 5)
+    with pytest.raises((ShuttingDown, CommitFailed)):  # answered or failed, never left hanging
+        await asyncio.wait_for(pending, 5)

@@ -136,8 +136,12 @@ class _HubConnection(_Framer):
     def frame_received(self, frame: memoryview) -> None:
         try:
             seq, records = self._decode(frame)
-        except msgspec.DecodeError as exc:  # a bug, not device input: say so loudly, keep serving
-            log.error("ingest link: undecodable frame (%s)", exc)
+        except msgspec.DecodeError as exc:
+            # a bug, not device input. Unanswered, the worker would wait for this frame forever:
+            # close its link instead, so it fails what is in flight, stops and is replaced
+            log.error("ingest link: undecodable frame from a device worker (%s); closing its link", exc)
+            if self.transport is not None:
+                self.transport.close()
             return
         try:
             committed = self.hub.ingestor.submit_group(records)
