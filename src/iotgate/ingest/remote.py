@@ -3,9 +3,10 @@
 With SQLite and `--workers N`, N device-listener processes parse HTTP, check tokens and validate
 (the CPU-heavy part, now spread over the cores), while the main process owns the only write
 connection (an SQLite file must have exactly one writer) and commits what every worker sends.
-A worker's `IngestLink` stands in for the `Ingestor`: it queues the records of a loop pass, sends
-them as one frame over a Unix socket, and resolves each request's future when the main process's
-`IngestHub` says the batch holding it is committed. Acknowledged still means durable: a device
+A worker's `IngestLink` stands in for the `Ingestor`: it queues records, sends what queued as one
+frame over a Unix socket (at the end of a loop pass, or when the previous frame is answered: one
+frame in flight), and resolves each request's future when the main process's `IngestHub` says the
+batches holding the frame's records are committed. Acknowledged still means durable: a device
 hears "success" only after that answer, which comes after COMMIT.
 
 Frames are a 4-byte big-endian length and a msgpack body (msgspec): worker to main
@@ -30,7 +31,7 @@ from iotgate.storage.base import Record
 log = logging.getLogger("iotgate.ingest")
 
 _LENGTH = struct.Struct(">I")
-MAX_FRAME = 256 * 1024 * 1024  # a frame carries at most one loop pass of reports
+MAX_FRAME = 256 * 1024 * 1024  # sanity bound: a frame holds ~FRAME_RECORDS records of ≤ 1 MB bodies
 CommitHook = Callable[[list[Record]], None]
 # Frames a worker has sent and not yet heard back about. While one is out, new records wait for its
 # answer: fewer, larger frames (each costs a write and a read in both processes: ~20 % of a worker's
