@@ -166,3 +166,18 @@ async def test_an_undecodable_frame_closes_the_link_instead_of_leaving_it_waitin
     await asyncio.wait_for(lost.wait(), 5)
     with pytest.raises((ShuttingDown, CommitFailed)):  # answered or failed, never left hanging
         await asyncio.wait_for(pending, 5)
+
+
+async def test_large_messages_do_not_wait_in_one_huge_frame(wired: Link) -> None:
+    """While a frame is out, records queue; a queue of big payloads is sent anyway at FRAME_BYTES."""
+    big = b"x" * (1024 * 1024)
+
+    def message(device: int) -> Record:
+        now = int(time.time() * 1000)
+        return Record(message_id=IDS.next(), device_id=device, kind="message", ts=now, received_at=now, payload=big)
+
+    futures = [wired.link.submit(message(d)) for d in range(40)]  # 40 MB in one loop pass
+    assert wired.link._pending_bytes < 9 * 1024 * 1024  # sent in ~8 MB frames, not held back
+    await asyncio.gather(*futures)
+    with sqlite3.connect(wired.storage.path) as con:
+        assert con.execute("SELECT COUNT(*), SUM(LENGTH(payload)) FROM messages").fetchone() == (40, 40 * len(big))

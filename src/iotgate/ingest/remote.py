@@ -31,7 +31,7 @@ from iotgate.storage.base import Record
 log = logging.getLogger("iotgate.ingest")
 
 _LENGTH = struct.Struct(">I")
-MAX_FRAME = 256 * 1024 * 1024  # sanity bound: a frame holds ~FRAME_RECORDS records of ≤ 1 MB bodies
+MAX_FRAME = 256 * 1024 * 1024  # sanity bound, far above FRAME_BYTES plus one request
 CommitHook = Callable[[list[Record]], None]
 # Frames a worker has sent and not yet heard back about. While one is out, new records wait for its
 # answer: fewer, larger frames (each costs a write and a read in both processes: ~20 % of a worker's
@@ -39,6 +39,7 @@ CommitHook = Callable[[list[Record]], None]
 # docs/benchmarks.md), and they still meet the writer's next batch.
 MAX_INFLIGHT = 1
 FRAME_RECORDS = 1000  # a frame is sent at this size even while others are out
+FRAME_BYTES = 8 * 1024 * 1024  # or at this much payload (IoTDA messages may be 1 MB each)
 
 
 class CommitFailed(Exception):
@@ -170,6 +171,7 @@ class IngestLink(_Framer):
         self.on_lost = on_lost
         self._pending: list[Record] = []
         self._pending_futs: list[asyncio.Future[None]] = []
+        self._pending_bytes = 0
         self._inflight: dict[int, tuple[list[Record], list[asyncio.Future[None]]]] = {}
         self._seq = 0
         self.max_inflight = MAX_INFLIGHT
@@ -200,8 +202,9 @@ class IngestLink(_Framer):
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.extend(records)
         self._pending_futs.append(fut)
+        self._pending_bytes += sum(len(r.payload) for r in records)
         if len(self._inflight) >= self.max_inflight:  # sent when an answer comes back (frame_received)
-            if len(self._pending) >= FRAME_RECORDS:
+            if len(self._pending) >= FRAME_RECORDS or self._pending_bytes >= FRAME_BYTES:
                 self._flush()
         elif len(self._pending) >= EAGER_BATCH:  # a busy pass: send now, so the commit overlaps the rest
             self._flush()
@@ -229,7 +232,7 @@ class IngestLink(_Framer):
         if not self._pending:
             return
         records, futs = self._pending, self._pending_futs
-        self._pending, self._pending_futs = [], []
+        self._pending, self._pending_futs, self._pending_bytes = [], [], 0
         if self._lost:
             _fail(futs, ShuttingDown("the main process is gone"))
             return
@@ -268,7 +271,7 @@ class IngestLink(_Framer):
             _fail(futs, ShuttingDown("the main process is gone"))
         self._inflight.clear()
         _fail(self._pending_futs, ShuttingDown("the main process is gone"))
-        self._pending, self._pending_futs = [], []
+        self._pending, self._pending_futs, self._pending_bytes = [], [], 0
         if self.on_lost is not None and not self._closing:
             log.error("ingest link to the main process lost; this worker stops")
             self.on_lost()
