@@ -18,6 +18,7 @@ from conftest import SEED_MODEL, Admin, ServerProcess
 from iotgate.auth.signing import alink_auth_body
 from test_e2e_seed import test_seed_collector_end_to_end
 from test_postgres_e2e import (
+    node_of,
     replace_a_killed_worker,
     report_on_fresh_connections,
     stop_with_sigterm_and_check_the_workers_went_too,
@@ -61,6 +62,32 @@ def test_a_rejection_in_a_worker_is_recorded(server: ServerProcess, admin: Admin
     assert r.json()["code"] == 30001
     messages = admin.c.get(f"/api/v1/products/{pk}/devices/bad-01/messages").json()["items"]
     assert [m["kind"] for m in messages] == ["rejected"]
+
+
+def test_disabling_a_device_kills_its_token_in_every_worker_within_5_s(server: ServerProcess, admin: Admin) -> None:
+    pk = admin.product(SEED_MODEL)
+    dev = admin.device(pk, "revoke-01")
+    with server.device_client() as device:
+        token = device.post("/auth", json=alink_auth_body(pk, "revoke-01", dev["deviceSecret"])).json()["info"]["token"]
+    topic = f"/topic/sys/{pk}/revoke-01/thing/event/property/post"
+
+    def codes(n: int) -> tuple[set[int], set[int]]:
+        """Reply codes and the workers (message-ID nodes) of n reports on fresh connections."""
+        seen, nodes = set(), set()
+        for _ in range(n):
+            with server.device_client() as device:
+                reply = device.post(topic, content=b'{"params":{"temperature":20}}', headers={"password": token}).json()
+            seen.add(reply["code"])
+            if reply["code"] == 0:
+                nodes.add(node_of(reply["info"]["messageId"]))
+        return seen, nodes
+
+    assert codes(24) == ({0}, {1, 2})  # both workers have the device cached
+    assert admin.c.patch(f"/api/v1/products/{pk}/devices/revoke-01", json={"enabled": False}).status_code == 200
+    deadline = time.monotonic() + 5
+    while codes(24)[0] != {20003}:  # 24 fresh connections: both workers answer (P(one only) ≈ 1e-7)
+        assert time.monotonic() < deadline, "a worker still accepts the disabled device's token"
+        time.sleep(0.2)
 
 
 def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
