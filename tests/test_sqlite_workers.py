@@ -12,10 +12,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from conftest import SEED_MODEL, Admin, ServerProcess
 from iotgate.auth.signing import alink_auth_body
+from test_console_api import COOKIE, AlinkReporter, read_events, sign_in
 from test_e2e_seed import test_seed_collector_end_to_end
 from test_postgres_e2e import (
     node_of,
@@ -88,6 +90,28 @@ def test_disabling_a_device_kills_its_token_in_every_worker_within_5_s(server: S
     while codes(24)[0] != {20003}:  # 24 fresh connections: both workers answer (P(one only) ≈ 1e-7)
         assert time.monotonic() < deadline, "a worker still accepts the disabled device's token"
         time.sleep(0.2)
+
+
+def test_the_console_sees_what_every_worker_commits(server: ServerProcess, admin: Admin) -> None:
+    """The main process commits the workers' reports, so its live event stream and its rates cover
+    all of them (no database polling, unlike workers on PostgreSQL)."""
+    dev = admin.device(admin.product(SEED_MODEL), "live-01")
+    assert admin.c.get("/api/v1/stats/overview").json()["ratesScope"] == "server"
+    reporter = AlinkReporter(server, dev)
+
+    def report() -> None:
+        assert reporter.post({"temperature": 31, "humidity": 41})["code"] == 0
+        assert reporter.post({"temperature": 61})["code"] != 0
+
+    path = f"/api/v1/products/{dev['productKey']}/devices/{dev['deviceName']}/events"
+    with (
+        httpx.Client(base_url=server.admin_url, timeout=10) as c,
+        c.stream("GET", path, headers={"Cookie": f"{COOKIE}={sign_in(server)[0]}"}) as stream,
+    ):
+        events = read_events(stream, report, lambda events: len(events) >= 3, 10)
+    assert [e[0] for e in events] == ["ready", "property", "message"], events
+    assert events[1][1]["values"] == {"temperature": 31, "humidity": 41}
+    assert events[2][1]["kind"] == "rejected"
 
 
 def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
