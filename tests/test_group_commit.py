@@ -116,25 +116,28 @@ async def test_stop_commits_what_is_pending_then_refuses(tmp_path: Path) -> None
     assert history_count(tmp_path / "db.sqlite") == 50
 
 
-async def test_a_group_resolves_when_its_last_record_is_committed(tmp_path: Path) -> None:
-    """submit_group (a worker's frame): one future for records that may span several batches."""
+async def test_a_group_commits_in_one_transaction_and_resolves_once(tmp_path: Path) -> None:
+    """submit_group (a worker's frame): one future, and never cut in two by max_reports, so the
+    requests in it - a gateway report's children among them - are all or nothing."""
     storage = SqliteStorage(tmp_path / "db.sqlite")
     await storage.open()
-    ingestor = Ingestor(storage, max_reports=10)  # a group of 35 spans four batches
+    ingestor = Ingestor(storage, max_reports=10)
     ingestor.start()
     batches: list[int] = []
     ingestor.after_commit.append(lambda records: batches.append(len(records)))
     try:
-        group = ingestor.submit_group([record(i % 5) for i in range(35)])
-        await group
-        assert batches == [10, 10, 10, 5] and history_count(storage.path) == 35
+        singles = [ingestor.submit(record(1)) for _ in range(5)]
+        group = ingestor.submit_group([record(i % 5) for i in range(35)])  # the cut at 10 falls inside it
+        await asyncio.gather(group, *singles)
+        assert batches == [40] and history_count(storage.path) == 40
         assert await ingestor.submit_group([]) is None  # nothing to wait for
-        # a failing batch fails the group, even when other parts of it commit
+        # a failing record fails its whole group, and nothing of the group is stored
         duplicate = IDS.next()
         await ingestor.submit(record(1, duplicate))
         failing = ingestor.submit_group([record(2) for _ in range(15)] + [record(1, duplicate)])
         with pytest.raises(sqlite3.IntegrityError):
             await failing
+        assert history_count(storage.path) == 41
     finally:
         await ingestor.stop()
         await storage.close()

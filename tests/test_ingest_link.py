@@ -4,7 +4,9 @@ a real IngestHub on a real Unix socket in front of a real Ingestor and SqliteSto
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
+import socket
 import sqlite3
 import struct
 import time
@@ -15,6 +17,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from iotgate.ingest import remote
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.pipeline import Ingestor, ShuttingDown
 from iotgate.ingest.remote import CommitFailed, IngestHub, IngestLink, _Framer
@@ -181,3 +184,89 @@ async def test_large_messages_do_not_wait_in_one_huge_frame(wired: Link) -> None
     await asyncio.gather(*futures)
     with sqlite3.connect(wired.storage.path) as con:
         assert con.execute("SELECT COUNT(*), SUM(LENGTH(payload)) FROM messages").fetchone() == (40, 40 * len(big))
+
+
+class SilentWriter:
+    """A Unix socket that accepts a link and reads its frames but never answers (a stuck writer)."""
+
+    def __init__(self) -> None:
+        self.path = f"\0iotgate-test-{secrets.token_hex(6)}"
+        self.received = 0
+
+    async def start(self) -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(65536):
+                self.received += len(data)
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(self.path)
+        self.server = await asyncio.start_unix_server(serve, sock=sock)
+
+
+async def test_one_frame_in_flight_and_the_rest_waits_for_its_answer() -> None:
+    silent = SilentWriter()
+    await silent.start()
+    link = IngestLink()
+    await link.connect(silent.path)
+    try:
+        link.submit(record(1))  # sent at the end of the loop pass...
+        link.submit_many([record(2) for _ in range(16)])  # ...unless a busy pass sends first
+        link.submit(record(3))
+        await asyncio.sleep(0.05)
+        assert len(link._inflight) == 1 and len(link._pending) == 1  # the pass-end send did not add a frame
+    finally:
+        link.transport.close()  # type: ignore[union-attr]
+        silent.server.close()
+
+
+async def test_an_unanswered_frame_closes_the_link(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(remote, "ANSWER_TIMEOUT_S", 0.3)
+    silent = SilentWriter()
+    await silent.start()
+    lost = asyncio.Event()
+    link = IngestLink(on_lost=lost.set)
+    await link.connect(silent.path)
+    try:
+        waiting = link.submit(record(1))
+        await asyncio.wait_for(lost.wait(), 5)  # the worker stops and is replaced...
+        with pytest.raises(ShuttingDown):  # ...and its device hears an error instead of waiting for ever
+            await waiting
+    finally:
+        silent.server.close()
+
+
+def test_a_process_of_another_user_cannot_hand_records_to_the_writer(tmp_path: Path) -> None:
+    if os.getuid() != 0:
+        pytest.skip("acting as another user needs root")
+    # an interpreter the other user may run (this venv's lives under /root); the client is stdlib only
+    other_python = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3") if os.path.exists(p)), None)
+    if other_python is None:
+        pytest.skip("no system python3 for the other user")
+
+    async def scenario() -> tuple[int, bytes]:
+        w = await wire(tmp_path)
+        try:
+            frame = msgspec.msgpack.encode((1, [record(4242)]))
+            code = (
+                "import socket, struct, sys\n"
+                "s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n"
+                f"s.connect({w.hub.path!r})\n"
+                "try:\n"
+                f"    s.sendall(struct.pack('>I', {len(frame)}) + bytes.fromhex({frame.hex()!r}))\n"
+                "    s.settimeout(5)\n"
+                "    sys.stdout.buffer.write(s.recv(100) or b'CLOSED')\n"
+                "except OSError:\n"
+                "    sys.stdout.buffer.write(b'CLOSED')\n"
+            )
+            proc = await asyncio.create_subprocess_exec(
+                other_python, "-c", code, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, user=65534
+            )
+            out, err = await proc.communicate()
+            assert proc.returncode == 0, err  # it connected
+            await asyncio.sleep(0.2)
+            return len(stored_ids(w.storage.path)), out
+        finally:
+            await unwire(w)
+
+    stored, answer = asyncio.run(scenario())
+    assert stored == 0 and answer == b"CLOSED"  # closed without an answer, nothing committed

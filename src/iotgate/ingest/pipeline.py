@@ -180,11 +180,22 @@ class Ingestor:
     async def _drain(self) -> None:
         try:
             while self._pending:
-                batch = self._pending[: self.max_reports]
-                del self._pending[: self.max_reports]
-                await self._commit(batch)
+                await self._commit(self._take_batch())
         finally:
             self._draining = False
+
+    def _take_batch(self) -> list[tuple[Record, Waiter]]:
+        """The next batch: at most max_reports, except that a group (a worker's frame) is never cut
+        in two - its requests (a gateway report's children among them) commit in one transaction."""
+        pending, cut = self._pending, self.max_reports
+        if cut < len(pending):
+            waiter = pending[cut - 1][1]
+            if isinstance(waiter, _Group):
+                while cut < len(pending) and pending[cut][1] is waiter:
+                    cut += 1
+        batch = pending[:cut]
+        del pending[:cut]
+        return batch
 
     async def _run(self) -> None:
         while True:
@@ -201,8 +212,7 @@ class Ingestor:
                 self._full.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._full.wait(), wait)
-            batch = self._pending[: self.max_reports]
-            del self._pending[: self.max_reports]
+            batch = self._take_batch()
             if self._pending:
                 self._first_at = asyncio.get_running_loop().time()
             await self._commit(batch)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from iotgate.storage.base import Record
 log = logging.getLogger("iotgate.ingest")
 
 _LENGTH = struct.Struct(">I")
+_PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 MAX_FRAME = 256 * 1024 * 1024  # sanity bound, far above FRAME_BYTES plus one request
 CommitHook = Callable[[list[Record]], None]
 # Frames a worker has sent and not yet heard back about. While one is out, new records wait for its
@@ -40,6 +42,7 @@ CommitHook = Callable[[list[Record]], None]
 MAX_INFLIGHT = 1
 FRAME_RECORDS = 1000  # a frame is sent at this size even while others are out
 FRAME_BYTES = 8 * 1024 * 1024  # or at this much payload (IoTDA messages may be 1 MB each)
+ANSWER_TIMEOUT_S = 60.0  # a frame unanswered this long closes the link (see IngestLink._check_answers)
 
 
 class CommitFailed(Exception):
@@ -65,7 +68,7 @@ class _Framer(asyncio.Protocol):
         source: bytes | bytearray = self._buffer if buffered else data
         start, end = 0, len(source)
         with memoryview(source) as view:
-            while end - start >= 4:
+            while end - start >= 4 and not (self.transport is not None and self.transport.is_closing()):
                 (size,) = _LENGTH.unpack_from(view, start)
                 if size > MAX_FRAME:
                     log.error("ingest link: frame of %d bytes refused; closing", size)
@@ -130,6 +133,15 @@ class _HubConnection(_Framer):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        # An abstract socket has no file permissions and its name is listed in /proc/net/unix:
+        # only processes of our own user may hand records to the writer (another user's process
+        # could otherwise commit reports for any device, skipping authentication and validation).
+        # A process of the same user can read the data dir's keys anyway.
+        uid = _peer_uid(transport)
+        if uid != os.getuid():
+            log.error("ingest link: refused a connection from uid %s (not this server's user)", uid)
+            transport.close()
+            return
         self.hub.links.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -157,6 +169,15 @@ class _HubConnection(_Framer):
         self.send(self._encode((seq, "" if exc is None else str(exc) or type(exc).__name__)))
 
 
+def _peer_uid(transport: asyncio.BaseTransport) -> int | None:
+    sock = transport.get_extra_info("socket")
+    try:
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+    except (AttributeError, OSError):  # not Linux: no peer credentials to check
+        return os.getuid()
+    return int(_PEERCRED.unpack(creds)[1])
+
+
 # -- device worker ------------------------------------------------------------------------------
 class IngestLink(_Framer):
     """The worker side: the `Ingestor` interface DeviceCore uses, committing in the main process."""
@@ -173,6 +194,8 @@ class IngestLink(_Framer):
         self._pending_futs: list[asyncio.Future[None]] = []
         self._pending_bytes = 0
         self._inflight: dict[int, tuple[list[Record], list[asyncio.Future[None]]]] = {}
+        self._sent_at: dict[int, float] = {}  # loop time each in-flight frame was sent
+        self._watchdog: asyncio.TimerHandle | None = None
         self._seq = 0
         self.max_inflight = MAX_INFLIGHT
         self._flush_soon = False
@@ -198,6 +221,8 @@ class IngestLink(_Framer):
         """One future for the request's records: they travel in one frame and commit together."""
         if self._closing or self._lost:
             raise ShuttingDown("server is shutting down")
+        if not records:
+            return []
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.extend(records)
@@ -210,7 +235,7 @@ class IngestLink(_Framer):
             self._flush()
         elif not self._flush_soon:
             self._flush_soon = True
-            loop.call_soon(self._flush)
+            loop.call_soon(self._flush_if_free)
         return [fut] * len(records)
 
     async def commit(self, record: Record) -> None:
@@ -227,6 +252,13 @@ class IngestLink(_Framer):
             self.transport.close()
 
     # -- frames ----------------------------------------------------------------------------------
+    def _flush_if_free(self) -> None:
+        """End of a loop pass: send what queued, unless a frame went out meanwhile (then the
+        answer to it sends this)."""
+        self._flush_soon = False
+        if len(self._inflight) < self.max_inflight:
+            self._flush()
+
     def _flush(self) -> None:
         self._flush_soon = False
         if not self._pending:
@@ -238,17 +270,36 @@ class IngestLink(_Framer):
             return
         self._seq += 1
         self._inflight[self._seq] = (records, futs)
+        self._sent_at[self._seq] = loop_time = asyncio.get_running_loop().time()
+        if self._watchdog is None:
+            self._watchdog = asyncio.get_running_loop().call_at(loop_time + ANSWER_TIMEOUT_S, self._check_answers)
         self.send(self._encode((self._seq, records)))
+
+    def _check_answers(self) -> None:
+        """A frame unanswered for ANSWER_TIMEOUT_S means the writer is stuck or a frame was lost
+        (a bug): close the link, which fails what is in flight and stops this worker (it is
+        replaced), rather than leave its devices waiting for ever."""
+        self._watchdog = None
+        if not self._sent_at or self.transport is None:
+            return
+        loop = asyncio.get_running_loop()
+        oldest = min(self._sent_at.values())
+        if loop.time() - oldest >= ANSWER_TIMEOUT_S:
+            log.error("ingest link: no answer from the main process for %.0f s; closing the link", ANSWER_TIMEOUT_S)
+            self.transport.close()
+            return
+        self._watchdog = loop.call_at(oldest + ANSWER_TIMEOUT_S, self._check_answers)
 
     def frame_received(self, frame: memoryview) -> None:
         seq, error = self._decode(frame)
         batch = self._inflight.pop(seq, None)
+        self._sent_at.pop(seq, None)
         if batch is None:
             return
         records, futs = batch
         if self._pending and not self._flush_soon:  # what queued while this frame was out goes next
             self._flush_soon = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            asyncio.get_running_loop().call_soon(self._flush_if_free)
         if error:
             _fail(futs, CommitFailed(error))
             return
@@ -267,6 +318,10 @@ class IngestLink(_Framer):
         """The main process is gone: nothing in flight can be confirmed (devices get an error and
         retry), and a worker without its writer must stop rather than keep accepting."""
         self._lost = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
+        self._sent_at.clear()
         for _, futs in self._inflight.values():
             _fail(futs, ShuttingDown("the main process is gone"))
         self._inflight.clear()
