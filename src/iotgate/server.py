@@ -156,7 +156,12 @@ class Platform:
                 self.ingest_path = f"\0iotgate-ingest-{os.getpid()}-{secrets.token_hex(4)}"
                 self.ingest_hub = IngestHub(self.ingestor, self.ingest_path)
                 await self.ingest_hub.start()
-            await self._start_workers()
+            try:
+                await self._start_workers()
+            except BaseException:
+                if self.ingest_hub is not None:
+                    await self.ingest_hub.stop()
+                raise
         else:
             await self._start_device_listener()
         try:
@@ -164,6 +169,8 @@ class Platform:
         except BaseException:  # e.g. the admin port is taken: do not leave the workers behind
             if self.worker_procs:
                 await self._stop_workers()
+            if self.ingest_hub is not None:
+                await self.ingest_hub.stop()
             raise
         self._write_server_info()
         self._start_background()
@@ -230,19 +237,24 @@ class Platform:
         s = self.settings
         self._tls_context()  # create the self-signed certificate once, before the workers load it
         port, reservation = s.device_port, None
-        family, kind, proto, _, addr = socket.getaddrinfo(s.device_host, port, type=socket.SOCK_STREAM)[0]
+        # the addresses the workers will bind (an empty host: every interface, as create_server does)
+        addrs = socket.getaddrinfo(s.device_host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         if port == 0:  # pick the port here, so that every worker binds the same one
+            family, kind, proto, _, addr = addrs[0]
             reservation = socket.socket(family, kind, proto)
             reservation.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             reservation.bind(addr)
             port = reservation.getsockname()[1]
         else:  # without SO_REUSEPORT a bind fails if anyone holds the port, even another iotgate's workers
-            with socket.socket(family, kind, proto) as probe:
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    probe.bind(addr)
-                except OSError as exc:
-                    raise OSError(exc.errno, f"device listener: {exc.strerror}") from None
+            for family, kind, proto, _, addr in addrs:
+                with socket.socket(family, kind, proto) as probe:
+                    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    if family == socket.AF_INET6:
+                        probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio binds it
+                    try:
+                        probe.bind(addr)
+                    except OSError as exc:
+                        raise OSError(exc.errno, f"device listener: {exc.strerror}") from None
         self._worker_settings = msgspec.structs.replace(s, device_port=port)
         try:
             for index in range(1, s.workers + 1):

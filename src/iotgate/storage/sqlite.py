@@ -65,7 +65,9 @@ class SqliteStorage(ForwardSqlite, Storage):
         self.path = path
         # follower: a device-worker process (--workers N). It reads the registry and models from the
         # file; its reports are committed by the main process (ingest/remote.py), which alone runs
-        # migrations, recovery, checkpoints and ingest batches: one SQLite file, one writer.
+        # migrations, recovery, checkpoints and ingest batches. A follower still writes a few small
+        # transactions of its own: at start-up (meta keys, already set by the main process) and the
+        # token epoch of a device re-authenticating over IoTDA (Registry.note_token_issued).
         self.follower = follower
         self.synchronous = synchronous.upper()
         self.box = secret_box
