@@ -203,17 +203,21 @@ class SilentWriter:
         self.server = await asyncio.start_unix_server(serve, sock=sock)
 
 
-async def test_one_frame_in_flight_and_the_rest_waits_for_its_answer() -> None:
+async def test_frames_in_flight_are_bounded_and_the_rest_waits_for_an_answer() -> None:
     silent = SilentWriter()
     await silent.start()
     link = IngestLink()
     await link.connect(silent.path)
+    assert link.max_inflight == remote.MAX_INFLIGHT == 2
     try:
         link.submit(record(1))  # sent at the end of the loop pass...
-        link.submit_many([record(2) for _ in range(16)])  # ...unless a busy pass sends first
-        link.submit(record(3))
+        link.submit_many([record(2) for _ in range(16)])  # ...unless a busy pass sends first: frame 1
+        link.submit(record(3))  # frame 2, at the end of the pass
         await asyncio.sleep(0.05)
-        assert len(link._inflight) == 1 and len(link._pending) == 1  # the pass-end send did not add a frame
+        assert len(link._inflight) == 2 and not link._pending
+        link.submit(record(4))  # no third frame while two are unanswered
+        await asyncio.sleep(0.05)
+        assert len(link._inflight) == 2 and len(link._pending) == 1
     finally:
         link.transport.close()  # type: ignore[union-attr]
         silent.server.close()
