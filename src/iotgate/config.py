@@ -7,6 +7,7 @@ field name (`device_port` / `--device-port`), the variable is `IOTGATE_` + the u
 from __future__ import annotations
 
 import os
+import sys
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -133,8 +134,8 @@ DESCRIPTIONS: dict[str, str] = {
     "idle_timeout_s": "A kept-alive device connection with no request for this long is closed.",
     "max_header_bytes": "Largest request line + headers of a device request; larger: 431 in the dialect's format.",
     "registry_poll_s": "How often the registry picks up changes made by other nodes or workers.",
-    "workers": "Device-listener processes sharing the port (SO_REUSEPORT). 0: one per CPU core (at most 8) on a "
-    "machine with 2 or more cores, else 1, which serves devices from the main process itself. With SQLite the "
+    "workers": "Device-listener processes sharing the port (SO_REUSEPORT). 0: on Linux, one per CPU core (at most "
+    "8) on a machine with 2 or more cores, else 1, which serves devices from the main process itself. With SQLite the "
     "main process commits what every worker accepts (one writer per file); with PostgreSQL each worker commits "
     "its own.",
     "history_retention_days": "Delete history and messages older than this many days; 0: keep forever.",
@@ -242,6 +243,8 @@ def resolve_workers(s: Settings) -> Settings:
     """workers = 0 (auto): one device process per usable core, none apart from the main one on 1 core."""
     if s.workers != 0:
         return s
+    if not sys.platform.startswith("linux"):  # only Linux's SO_REUSEPORT spreads connections over processes
+        return msgspec.structs.replace(s, workers=1)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return msgspec.structs.replace(s, workers=min(cores, MAX_AUTO_WORKERS) if cores >= 2 else 1)
 

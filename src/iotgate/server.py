@@ -13,6 +13,7 @@ import signal
 import socket
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
@@ -153,7 +154,7 @@ class Platform:
         if self.settings.workers > 1:
             if not is_postgres(self.settings):  # one SQLite writer: the workers commit through this process
                 assert isinstance(self.ingestor, Ingestor)
-                self.ingest_path = f"\0iotgate-ingest-{os.getpid()}-{secrets.token_hex(4)}"
+                self.ingest_path = _ingest_socket_path()
                 self.ingest_hub = IngestHub(self.ingestor, self.ingest_path)
                 await self.ingest_hub.start()
             try:
@@ -417,6 +418,14 @@ class Platform:
         if not self.worker:
             with contextlib.suppress(FileNotFoundError):
                 (self.data_dir / SERVER_INFO_FILE).unlink()
+
+
+def _ingest_socket_path() -> str:
+    """Where the workers reach the writer: a Linux abstract socket (no file to clean up; peers are
+    checked by uid), elsewhere a socket file in a fresh 0700 directory."""
+    if sys.platform.startswith("linux"):
+        return f"\0iotgate-ingest-{os.getpid()}-{secrets.token_hex(4)}"
+    return os.path.join(tempfile.mkdtemp(prefix="iotgate-"), "ingest.sock")
 
 
 async def _until_ready(proc: BaseProcess, timeout: float = 120.0) -> None:

@@ -122,6 +122,10 @@ class IngestHub:
                 if link.transport is not None:
                     link.transport.close()
             await self._server.wait_closed()
+            if not self.path.startswith("\0"):  # a socket file (not Linux): remove it and its directory
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                    os.rmdir(os.path.dirname(self.path))
 
 
 class _HubConnection(_Framer):
