@@ -119,14 +119,12 @@ class DeviceCore:
             raise RateLimited(f"device {device.device_name} exceeded {rate or self.limiter.rate:g} requests/s")
 
     async def product_rate(self, device: DeviceInfo) -> float | None:
-        product = self.registry.cached_product(device.product_key) or await self.registry.product_cached(
-            device.product_key
-        )
+        product = await self.registry.product_cached(device.product_key)
         return product.rate_per_s if product else None
 
     def check_product_rate(self, device: DeviceInfo) -> bool:
-        """check_rate with the product's rate when the product is cached (the hot path); False: not
-        cached, await product_rate and call check_rate instead."""
+        """check_rate with the product's rate when the product is cached (the hot path, without a
+        coroutine); False: not cached, await product_rate and call check_rate instead."""
         product = self.registry.cached_product(device.product_key)
         if product is None:
             return False
@@ -136,9 +134,7 @@ class DeviceCore:
     # -- reports --------------------------------------------------------------------------
     async def validate(self, report: PropertyReport) -> list[tuple[int, dict[str, Any]]]:
         """Accepted (ts, values) groups, or ReportRejected naming every bad value."""
-        product_key = report.device.product_key
-        model = self.registry.cached_model(product_key) or await self.registry.compiled_model(product_key)
-        return self._validate(model, report, now_ms())
+        return self._validate(await self.registry.compiled_model(report.device.product_key), report, now_ms())
 
     def _validate(
         self, model: CompiledModel | None, report: PropertyReport, now: int
@@ -185,8 +181,8 @@ class DeviceCore:
         for report in reports:
             product_key = report.device.product_key
             if product_key not in models:
-                registry = self.registry
-                models[product_key] = registry.cached_model(product_key) or await registry.compiled_model(product_key)
+                cached = self.registry.cached_model(product_key)
+                models[product_key] = cached or await self.registry.compiled_model(product_key)
             try:
                 accepted.append((report, self._validate(models[product_key], report, now)))
             except ReportRejected as exc:

@@ -323,7 +323,7 @@ class IotdaDialect:
         if len(devices) > MAX_SUB_DEVICES:
             raise invalid(f"devices has {len(devices)} entries; at most {MAX_SUB_DEVICES} per request")
         registry = self.core.registry
-        product = registry.cached_product(gateway.product_key) or await registry.product_cached(gateway.product_key)
+        product = await registry.product_cached(gateway.product_key)
         if product is None or product.node_type != "gateway":
             kind = product.node_type if product else "unknown"
             raise not_sub_devices(f"{gateway.device_id} is not a gateway (its product's node type is {kind})")
@@ -337,7 +337,7 @@ class IotdaDialect:
                 bad.append((None, where, f"{where} must be an object with a device_id string and services", b"", []))
                 continue
             parts = split_device_id(child_id)
-            child = (registry.cached_info_by_name(*parts) or await registry.info_by_name(*parts)) if parts else None
+            child = await registry.info_by_name(*parts) if parts else None
             if child is None or child.gateway_id != gateway.id:
                 foreign.append(f"{where} {_clip(child_id, 140)}")
                 continue
