@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, kw_only=True):
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
+    @property
+    def uses_postgres(self) -> bool:
+        return self.database.startswith(("postgres://", "postgresql://"))
+
     def masked(self) -> dict[str, Any]:
         """The effective settings with secrets hidden (for `iotgate config show`)."""
         out = msgspec.structs.asdict(self)

@@ -53,12 +53,8 @@ def _read_or_create(path: Path, make: str) -> tuple[str, bool]:
     return make, True
 
 
-def is_postgres(settings: Settings) -> bool:
-    return settings.database.startswith(("postgres://", "postgresql://"))
-
-
 def open_storage(settings: Settings, box: SecretBox | None, follower: bool = False) -> Storage:
-    if is_postgres(settings):
+    if settings.uses_postgres:
         from iotgate.storage.postgres import PostgresStorage  # optional backend
 
         return PostgresStorage(settings.database, secret_box=box)
@@ -152,7 +148,7 @@ class Platform:
             self.ready = True
             return
         if self.settings.workers > 1:
-            if not is_postgres(self.settings):  # one SQLite writer: the workers commit through this process
+            if not self.settings.uses_postgres:  # one SQLite writer: the workers commit through this process
                 assert isinstance(self.ingestor, Ingestor)
                 self.ingest_path = _ingest_socket_path()
                 self.ingest_hub = IngestHub(self.ingestor, self.ingest_path)
@@ -212,7 +208,7 @@ class Platform:
         s = self.settings
         self.housekeeper = Housekeeper(self.storage, s.history_retention_days, s.maintenance_interval_s)
         self.housekeeper.start()
-        if is_postgres(s):
+        if s.uses_postgres:
             self._tasks.append(asyncio.get_running_loop().create_task(self._follow_last_seen(), name="last-seen"))
 
     async def _follow_last_seen(self) -> None:

@@ -252,7 +252,7 @@ class ConsoleApi:
         """Whether other processes commit reports too (nodes or --workers sharing PostgreSQL): then this
         process's commit hook misses theirs, and live views and rates must come from the database. With
         SQLite, workers' reports are committed here (ingest/remote.py), so the hook sees them all."""
-        return self.platform.settings.database.startswith(("postgres://", "postgresql://"))
+        return self.platform.settings.uses_postgres
 
     async def events(self, request: Request) -> Response:
         """Server-Sent Events: `property` and `message` events of one device as they commit."""
