@@ -206,8 +206,7 @@ class IngestLink(_Framer):
         self._flush_soon = False
         self._closing = False
         self._lost = False
-        self.batches = 0
-        self.committed = 0
+        self.committed = 0  # records acknowledged by the main process
 
     async def connect(self, path: str) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -242,9 +241,6 @@ class IngestLink(_Framer):
             self._flush_soon = True
             loop.call_soon(self._flush_if_free)
         return [fut] * len(records)
-
-    async def commit(self, record: Record) -> None:
-        await self.submit(record)
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Refuse new records; wait (bounded) until what was sent is answered."""
@@ -308,7 +304,6 @@ class IngestLink(_Framer):
         if error:
             _fail(futs, CommitFailed(error))
             return
-        self.batches += 1
         self.committed += len(records)
         for fut in futs:
             if not fut.done():
