@@ -127,12 +127,14 @@ async def test_outbox_commits_with_its_batch_and_counters_add_up(store: Storage)
     batch = OutboxBatch(rows=[row(tid, 1, 1), row(tid, 2, 2), row(tid, 1, 3)], counts=[TargetCount(tid, 5, 2)])
     await store.write_batch([record], batch)
     s = await stats_of(store, tid)
-    assert (s.matched, s.filtered, s.outbox, s.inflight) == (5, 2, 3, 0) and adds_up(s)
+    assert (s.matched, s.filtered, s.outbox) == (5, 2, 3) and adds_up(s)
 
     claimed = await store.forward_cycle(tid, 0, None, 2)
     assert [r.message_id for r in claimed] == [1, 2]  # oldest first
-    assert all(r.tries == 1 and r.failures == 0 and r.id for r in claimed)
-    assert (await stats_of(store, tid)).inflight == 2
+    assert all(r.tries == 0 and r.failures == 0 and r.id for r in claimed)
+    # a claim writes no row, only the target's claim mark (what a crash may have sent)
+    assert (await store.forward_claim_marks(0))[tid] == claimed[-1].id
+    assert (await stats_of(store, tid)).outbox == 3
     assert await store.forward_cycle(tid, 1, None, 10) == []  # another node's rows are not ours
 
     # message 1 delivered, message 2 failed (known): its row waits again with the error
@@ -141,15 +143,15 @@ async def test_outbox_commits_with_its_batch_and_counters_add_up(store: Storage)
     rest = await store.forward_cycle(tid, 0, settle, 10)
     assert [r.message_id for r in rest] == [2, 3]
     assert rest[0].failures == 1 and rest[0].first_failed_at == NOW and rest[0].last_error == "HTTP 500"
-    assert rest[0].tries == 2 and not rest[0].maybe_delivered_before
+    assert rest[0].tries == 1 and not rest[0].maybe_delivered_before
     s = await stats_of(store, tid)
-    assert (s.delivered, s.retries, s.inflight, s.last_error, s.last_delivered_at) == (1, 1, 2, "HTTP 500", NOW)
+    assert (s.delivered, s.retries, s.outbox, s.last_error, s.last_delivered_at) == (1, 1, 2, "HTTP 500", NOW)
     assert adds_up(s)
 
     # 2 times out (unknown outcome), 3 is skipped (device order): only 2's try stays counted
     settle = Settlement(now=NOW + 1, failed=[(rest[0].id, 0, "timeout")], skipped=[rest[1].id], error="timeout")
     again = await store.forward_cycle(tid, 0, settle, 10)
-    assert [(r.message_id, r.tries, r.failures) for r in again] == [(2, 3, 1), (3, 1, 0)]
+    assert [(r.message_id, r.tries, r.failures) for r in again] == [(2, 2, 1), (3, 0, 0)]
     assert again[0].maybe_delivered_before and not again[1].maybe_delivered_before
 
     # 2 arrives (a possible duplicate), 3 goes to the dead letters
@@ -165,7 +167,7 @@ async def test_outbox_commits_with_its_batch_and_counters_add_up(store: Storage)
     s = await stats_of(store, tid)
     assert (s.dead, s.outbox, s.replayed) == (0, 1, 1) and adds_up(s)
     [back] = await store.forward_cycle(tid, 0, None, 10)
-    assert (back.message_id, back.tries, back.failures, back.created_at) == (3, 1, 0, NOW + 3)
+    assert (back.message_id, back.tries, back.failures, back.created_at) == (3, 0, 0, NOW + 3)
     await store.forward_cycle(tid, 0, Settlement(now=NOW + 4, delivered=[back.id]), 0)
     s = await stats_of(store, tid)
     assert (s.delivered, s.matched - s.filtered) == (3, 3) and adds_up(s)
@@ -183,8 +185,10 @@ async def test_release_expire_replay_selected_and_orphans(store: Storage) -> Non
     )
     claimed = await store.forward_cycle(t1, 0, None, 1)
     assert [r.message_id for r in claimed] == [10]
-    assert await store.forward_release(0) >= 1  # a restart: in-flight rows wait again
-    assert (await stats_of(store, t1)).inflight == 0
+    # a restart: the claimed row was never marked, only the claim mark tells it may have been sent
+    assert await store.forward_release(0) == 0
+    marks = await store.forward_claim_marks(0)
+    assert marks[t1] == claimed[0].id and t2 not in marks and t1 not in await store.forward_claim_marks(5)
     assert await store.forward_pending(t1, 0) and await store.forward_pending(t2, 0)
     assert not await store.forward_pending(t1, 5)
 
@@ -193,7 +197,7 @@ async def test_release_expire_replay_selected_and_orphans(store: Storage) -> Non
     assert (s.dead, s.outbox) == (2, 1) and adds_up(s)
     dead = await store.forward_dead_letters([t1], 0, 10)
     assert [d.message_id for d in dead] == [10, 11]
-    assert dead[0].tries == 1  # the claim before the restart stays counted
+    assert dead[0].tries == 0  # expired without a known attempt (the crashed one is in the claim mark)
     assert [d.message_id for d in await store.forward_dead_letters([t1], dead[0].id, 10)] == [11]
     assert await store.forward_replay([t1], [dead[1].id], 0, NOW) == 1
     assert [d.message_id for d in await store.forward_dead_letters([t1], 0, 10)] == [10]
@@ -207,6 +211,7 @@ async def test_release_expire_replay_selected_and_orphans(store: Storage) -> Non
     await store.forward_enqueue(OutboxBatch(rows=[row(t1, 1, 99)], counts=[TargetCount(t1, 1, 0)]))
     assert await store.forward_purge_orphans() >= 1
     assert t1 not in await store.forward_queue_sizes(0)
+    assert t1 not in await store.forward_claim_marks(0)  # deleted with its target
 
 
 async def test_unsure_rows_wait_again_and_count_as_possible_duplicates(store: Storage) -> None:
@@ -227,7 +232,7 @@ async def test_unsure_rows_wait_again_and_count_as_possible_duplicates(store: St
         error="no PUBACK",
     )
     again = await store.forward_cycle(tid, 0, settle, 10)
-    assert [(r.message_id, r.tries, r.failures) for r in again] == [(2, 2, 0), (3, 2, 0), (4, 1, 0)]
+    assert [(r.message_id, r.tries, r.failures) for r in again] == [(2, 1, 0), (3, 1, 0), (4, 0, 0)]
     assert [r.maybe_delivered_before for r in again] == [True, True, False]
     s = await stats_of(store, tid)
-    assert (s.delivered, s.retries, s.inflight) == (1, 1, 3) and adds_up(s)
+    assert (s.delivered, s.retries, s.outbox) == (1, 1, 3) and adds_up(s)

@@ -80,6 +80,7 @@ class Forwarder:
         self._workers: dict[int, TargetWorker] = {}
         self._worker_specs: dict[int, bytes] = {}
         self.queued: dict[int, int] = {}  # this node's outbox rows per target (kept in memory)
+        self.claim_marks: dict[int, int] = {}  # target -> last ID the previous run claimed
         self._warned: dict[int, float] = {}
         self._online: set[int] = set()
         self._lifecycle: list[ForwardMessage] = []
@@ -93,11 +94,11 @@ class Forwarder:
     # -- start / stop ----------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.deliver:  # before the delivery tasks start (reload)
+            self.claim_marks = await self.storage.forward_claim_marks(self.node_id)
+            await self.storage.forward_release(self.node_id)
         await self.reload()
         if self.deliver:
-            released = await self.storage.forward_release(self.node_id)
-            if released:
-                log.info("%d message(s) were in flight when the server stopped; delivering them again", released)
             await self.storage.forward_purge_orphans()
             self.queued = await self.storage.forward_queue_sizes(self.node_id)
             now = now_ms()
@@ -277,6 +278,9 @@ class Forwarder:
 
     def _stats_json(self, s: TargetStats, kind: Any) -> dict[str, Any]:
         worker = self._workers.get(s.target_id)
+        # in flight: claimed by this process's round (other nodes' rounds show as queued); never more
+        # than the outbox count read just before, so the counters add up
+        inflight = min(worker.inflight, s.outbox) if worker else 0
         return {
             "targetId": s.target_id,
             "type": kind,
@@ -284,8 +288,8 @@ class Forwarder:
             "filteredOut": s.filtered,
             "delivered": s.delivered,
             "deadLettered": s.dead,
-            "inFlight": s.inflight,
-            "queued": s.outbox - s.inflight,
+            "inFlight": inflight,
+            "queued": s.outbox - inflight,
             "redelivered": s.redelivered,  # deliveries after an attempt that may have arrived too
             "retries": s.retries,
             "replayed": s.replayed,

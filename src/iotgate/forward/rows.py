@@ -30,15 +30,16 @@ class OutboxRow(msgspec.Struct, kw_only=True):
     created_at: int  # ms
     node_id: int = 0  # the node that delivers it
     id: int = 0
-    tries: int = 0  # deliveries started (incremented when the row is claimed)
-    failures: int = 0  # deliveries known not to have arrived
+    tries: int = 0  # attempts that did not end delivered (failed or unsure); a crash's is in the claim mark
+    failures: int = 0  # attempts known not to have arrived
     first_failed_at: int = 0
     last_error: str = ""
 
     @property
     def maybe_delivered_before(self) -> bool:
-        """An earlier attempt may have arrived (timeout, crash): delivering again may duplicate."""
-        return self.tries - 1 > self.failures
+        """An earlier attempt may have arrived (a timeout, or sent behind a failure): delivering again
+        may duplicate. Attempts cut off by a crash are known from the target's claim mark instead."""
+        return self.tries > self.failures
 
 
 class TargetCount(msgspec.Struct, array_like=True):
@@ -81,7 +82,7 @@ class Settlement(msgspec.Struct, kw_only=True):
     delivered: list[int] = msgspec.field(default_factory=list)
     redelivered: int = 0  # of delivered: an earlier attempt may also have arrived
     failed: list[tuple[int, int, str]] = msgspec.field(default_factory=list)  # (id, known_failure 0/1, error)
-    skipped: list[int] = msgspec.field(default_factory=list)  # claimed but not sent (device order)
+    skipped: list[int] = msgspec.field(default_factory=list)  # claimed but not sent (device order): no write
     unsure: list[int] = msgspec.field(default_factory=list)  # sent after a failed one (pipelined): send again
     dead: list[int] = msgspec.field(default_factory=list)  # of failed: move to the dead-letter store
     error: str = ""  # the target's latest error ("" when none in this round)
@@ -97,7 +98,7 @@ class TargetStats(msgspec.Struct, kw_only=True):
     retries: int = 0
     replayed: int = 0
     outbox: int = 0  # rows in the outbox (in flight + queued)
-    inflight: int = 0
+    inflight: int = 0  # of outbox: being delivered by this process (known in memory, not stored)
     dead: int = 0
     last_error: str = ""
     last_error_at: int = 0

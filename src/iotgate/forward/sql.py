@@ -42,46 +42,70 @@ UPDATE_RULE = (
 RULE_TARGET_IDS = "SELECT id FROM forward_targets WHERE rule_id=?"
 INSERT_TARGET = "INSERT INTO forward_targets(rule_id, pos, spec) VALUES(?,?,?) RETURNING id"
 UPDATE_TARGET = "UPDATE forward_targets SET pos=?, spec=? WHERE id=? AND rule_id=?"
-DELETE_TARGET_ROWS = [
-    "DELETE FROM forward_outbox WHERE target_id=?",
-    "DELETE FROM forward_dead_letters WHERE target_id=?",
-    "DELETE FROM forward_targets WHERE id=?",
-]
+
+
+def delete_target_rows(target_id: int) -> list[tuple[str, tuple[object, ...]]]:
+    """A deleted target's queue, dead letters, claim marks and row."""
+    return [
+        ("DELETE FROM forward_outbox WHERE target_id=?", (target_id,)),
+        ("DELETE FROM forward_dead_letters WHERE target_id=?", (target_id,)),
+        ("DELETE FROM meta WHERE key LIKE ?", (f"forward:claimed:{target_id}:%",)),
+        ("DELETE FROM forward_targets WHERE id=?", (target_id,)),
+    ]
+
+
 DELETE_RULE = "DELETE FROM forward_rules WHERE id=?"
 
 INSERT_OUTBOX = f"INSERT INTO forward_outbox({MESSAGE_COLS}) VALUES(?,?,?,?,?,?,?,?,?,?,?,?)"
 COUNT_MATCHED = "UPDATE forward_targets SET matched=matched+?, filtered=filtered+? WHERE id=?"
 
-CLAIM = (
-    f"UPDATE forward_outbox SET tries=tries+1, inflight=1 WHERE id IN "
-    f"(SELECT id FROM forward_outbox WHERE target_id=? AND node_id=? AND inflight=0 ORDER BY id LIMIT ?) "
-    f"RETURNING {CLAIM_COLS}"
-)
-PENDING = "SELECT 1 FROM forward_outbox WHERE target_id=? AND node_id=? AND inflight=0 LIMIT 1"
+# A claim only reads: a target runs one round at a time, and the round's outcome is settled in the
+# same transaction as the next claim, so whatever is in the outbox when claiming waits for delivery.
+# The highest ID claimed is kept per target and node (CLAIM_MARK, one row per round instead of a
+# write per message): after a crash, rows up to it may have been sent already (`redelivered`).
+CLAIM = f"SELECT {CLAIM_COLS} FROM forward_outbox WHERE target_id=? AND node_id=? ORDER BY id LIMIT ?"
+CLAIM_MARK = SET_REV
+
+
+CLAIM_MARKS = "SELECT key, value FROM meta WHERE key LIKE ?"
+
+
+def claim_mark_key(target_id: int, node_id: int) -> str:
+    return f"forward:claimed:{target_id}:{node_id}"
+
+
+def claim_marks_pattern(node_id: int) -> str:
+    return f"forward:claimed:%:{node_id}"
+
+
+def claim_marks(rows: list[Any]) -> dict[int, int]:
+    """target ID -> highest ID of its last claim, from (key, value) rows of CLAIM_MARKS."""
+    return {int(key.split(":")[2]): int(value) for key, value in rows}
+
+
+PENDING = "SELECT 1 FROM forward_outbox WHERE target_id=? AND node_id=? LIMIT 1"
 DELIVERED = "DELETE FROM forward_outbox WHERE id=? AND target_id=?"
 FAILED = (
-    "UPDATE forward_outbox SET inflight=0, failures=failures+?, "
+    "UPDATE forward_outbox SET tries=tries+1, failures=failures+?, "
     "first_failed_at=CASE WHEN first_failed_at=0 THEN ? ELSE first_failed_at END, last_error=? "
     "WHERE id=? AND target_id=?"
 )
-SKIPPED = "UPDATE forward_outbox SET inflight=0, tries=tries-1 WHERE id=? AND target_id=?"
-# sent (it may have arrived) but behind a failed message of its device: tries stays, so delivering
-# it again counts as a possible duplicate (`redelivered`)
-UNSURE = "UPDATE forward_outbox SET inflight=0 WHERE id=? AND target_id=?"
+# sent (it may have arrived) but behind a failed message of its device: its try counts and it is not a
+# known failure, so delivering it again counts as a possible duplicate (`redelivered`). Rows claimed
+# but not sent (skipped) are not written at all.
+UNSURE = "UPDATE forward_outbox SET tries=tries+1 WHERE id=? AND target_id=?"
 _DEAD_SELECT = f"SELECT {MESSAGE_COLS}, tries, failures, last_error, CAST(? AS BIGINT) FROM forward_outbox"
 _DEAD_INSERT = f"INSERT INTO forward_dead_letters({MESSAGE_COLS}, tries, failures, last_error, dead_at) "
 BURY_ONE = _DEAD_INSERT + _DEAD_SELECT + " WHERE id=? AND target_id=?"
-BURY_EXPIRED = (
-    _DEAD_INSERT + _DEAD_SELECT + " WHERE target_id=? AND node_id=? AND inflight=0 AND created_at<=? ORDER BY id"
-)
-DELETE_EXPIRED = "DELETE FROM forward_outbox WHERE target_id=? AND node_id=? AND inflight=0 AND created_at<=?"
+BURY_EXPIRED = _DEAD_INSERT + _DEAD_SELECT + " WHERE target_id=? AND node_id=? AND created_at<=? ORDER BY id"
+DELETE_EXPIRED = "DELETE FROM forward_outbox WHERE target_id=? AND node_id=? AND created_at<=?"
+# rows an earlier version marked in flight when claiming them: they wait again at start
 RELEASE = "UPDATE forward_outbox SET inflight=0 WHERE node_id=? AND inflight=1"
 QUEUE_SIZES = "SELECT target_id, COUNT(*) FROM forward_outbox WHERE node_id=? GROUP BY target_id"
 STATS = (
     "SELECT t.id, t.rule_id, t.matched, t.filtered, t.delivered, t.redelivered, t.retries, t.replayed, "
     "t.last_error, t.last_error_at, t.last_delivered_at, "
     "(SELECT COUNT(*) FROM forward_outbox o WHERE o.target_id=t.id), "
-    "(SELECT COUNT(*) FROM forward_outbox o WHERE o.target_id=t.id AND o.inflight=1), "
     "(SELECT COUNT(*) FROM forward_dead_letters d WHERE d.target_id=t.id) "
     "FROM forward_targets t"
 )

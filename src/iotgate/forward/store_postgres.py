@@ -48,8 +48,6 @@ async def _settle(con: asyncpg.Connection, target_id: int, s: Settlement) -> Non
         await con.executemany(
             _n(fsql.FAILED), [(known, s.now, error[:1000], i, target_id) for i, known, error in s.failed]
         )
-    if s.skipped:
-        await con.executemany(_n(fsql.SKIPPED), [(i, target_id) for i in s.skipped])
     if s.unsure:
         await con.executemany(_n(fsql.UNSURE), [(i, target_id) for i in s.unsure])
     if s.dead:
@@ -115,8 +113,8 @@ class ForwardPostgres:
                     target_id = await con.fetchval(_n(fsql.INSERT_TARGET), rule_id, pos, spec)
                 targets.append(ForwardTargetRow(id=target_id, rule_id=rule_id, position=pos, spec=t.spec))
             for gone in sorted(old - {t.id for t in targets}):
-                for stmt in fsql.DELETE_TARGET_ROWS:
-                    await con.execute(_n(stmt), gone)
+                for stmt, args in fsql.delete_target_rows(gone):
+                    await con.execute(_n(stmt), *args)
             await con.execute(_n(fsql.SET_REV), fsql.REV_KEY, f"{at}-{rule_id}")
             return msgspec.structs.replace(rule, id=rule_id, created_at=created, updated_at=at, targets=targets)
 
@@ -126,8 +124,8 @@ class ForwardPostgres:
     async def forward_delete_rule(self, rule_id: int) -> bool:
         async def run(con: asyncpg.Connection) -> bool:
             for (target_id,) in await con.fetch(_n(fsql.RULE_TARGET_IDS), rule_id):
-                for stmt in fsql.DELETE_TARGET_ROWS:
-                    await con.execute(_n(stmt), target_id)
+                for stmt, args in fsql.delete_target_rows(target_id):
+                    await con.execute(_n(stmt), *args)
             status = await con.execute(_n(fsql.DELETE_RULE), rule_id)
             await con.execute(_n(fsql.SET_REV), fsql.REV_KEY, f"{now_ms()}-{rule_id}-deleted")
             return not status.endswith(" 0")
@@ -151,7 +149,8 @@ class ForwardPostgres:
             if claim <= 0:
                 return []
             rows = [fsql.claimed_row(r) for r in await con.fetch(_n(fsql.CLAIM), target_id, node_id, claim)]
-            rows.sort(key=lambda r: r.id)
+            if rows:
+                await con.execute(_n(fsql.CLAIM_MARK), fsql.claim_mark_key(target_id, node_id), str(rows[-1].id))
             return rows
 
         result: list[OutboxRow] = await self._tx(run)
@@ -171,6 +170,9 @@ class ForwardPostgres:
     async def forward_release(self, node_id: int) -> int:
         status = await self.pool.execute(_n(fsql.RELEASE), node_id)
         return int(status.rsplit(" ", 1)[1])
+
+    async def forward_claim_marks(self, node_id: int) -> dict[int, int]:
+        return fsql.claim_marks(await self.pool.fetch(_n(fsql.CLAIM_MARKS), fsql.claim_marks_pattern(node_id)))
 
     async def forward_queue_sizes(self, node_id: int) -> dict[int, int]:
         rows = await self.pool.fetch(_n(fsql.QUEUE_SIZES), node_id)

@@ -82,8 +82,8 @@ class ForwardSqlite:
                     target_id = c.execute(fsql.INSERT_TARGET, (rule_id, pos, spec)).fetchone()[0]
                 targets.append(ForwardTargetRow(id=target_id, rule_id=rule_id, position=pos, spec=t.spec))
             for gone in old - {t.id for t in targets}:
-                for stmt in fsql.DELETE_TARGET_ROWS:
-                    c.execute(stmt, (gone,))
+                for stmt, args in fsql.delete_target_rows(gone):
+                    c.execute(stmt, args)
             c.execute(fsql.SET_REV, (fsql.REV_KEY, f"{at}-{rule_id}"))
             return msgspec.structs.replace(rule, id=rule_id, created_at=created, updated_at=at, targets=targets)
 
@@ -93,8 +93,8 @@ class ForwardSqlite:
     async def forward_delete_rule(self, rule_id: int) -> bool:
         def run(c: sqlite3.Connection) -> bool:
             for (target_id,) in c.execute(fsql.RULE_TARGET_IDS, (rule_id,)).fetchall():
-                for stmt in fsql.DELETE_TARGET_ROWS:
-                    c.execute(stmt, (target_id,))
+                for stmt, args in fsql.delete_target_rows(target_id):
+                    c.execute(stmt, args)
             gone = c.execute(fsql.DELETE_RULE, (rule_id,)).rowcount > 0
             c.execute(fsql.SET_REV, (fsql.REV_KEY, f"{now_ms()}-{rule_id}-deleted"))
             return gone
@@ -112,8 +112,9 @@ class ForwardSqlite:
                 _settle(c, target_id, settle)
             if claim <= 0:
                 return []
-            rows = [fsql.claimed_row(r) for r in c.execute(fsql.CLAIM, (target_id, node_id, claim)).fetchall()]
-            rows.sort(key=lambda r: r.id)
+            rows = [fsql.claimed_row(r) for r in c.execute(fsql.CLAIM, (target_id, node_id, claim))]
+            if rows:
+                c.execute(fsql.CLAIM_MARK, (fsql.claim_mark_key(target_id, node_id), str(rows[-1].id)))
             return rows
 
         def relaxed(c: sqlite3.Connection) -> list[OutboxRow]:
@@ -144,6 +145,10 @@ class ForwardSqlite:
 
     async def forward_release(self, node_id: int) -> int:
         return int(await self._write(lambda c: c.execute(fsql.RELEASE, (node_id,)).rowcount))
+
+    async def forward_claim_marks(self, node_id: int) -> dict[int, int]:
+        rows = await self._read(lambda c: c.execute(fsql.CLAIM_MARKS, (fsql.claim_marks_pattern(node_id),)).fetchall())
+        return fsql.claim_marks(rows)
 
     async def forward_queue_sizes(self, node_id: int) -> dict[int, int]:
         rows = await self._read(lambda c: c.execute(fsql.QUEUE_SIZES, (node_id,)).fetchall())
@@ -190,8 +195,6 @@ def _settle(c: sqlite3.Connection, target_id: int, s: Settlement) -> None:
         c.executemany(fsql.DELIVERED, [(i, target_id) for i in s.delivered])
     if s.failed:
         c.executemany(fsql.FAILED, [(known, s.now, error[:1000], i, target_id) for i, known, error in s.failed])
-    if s.skipped:
-        c.executemany(fsql.SKIPPED, [(i, target_id) for i in s.skipped])
     if s.unsure:
         c.executemany(fsql.UNSURE, [(i, target_id) for i in s.unsure])
     if s.dead:
@@ -238,8 +241,7 @@ def _stats(r: Any) -> TargetStats:
         last_error_at=r[9],
         last_delivered_at=r[10],
         outbox=r[11],
-        inflight=r[12],
-        dead=r[13],
+        dead=r[12],
     )
 
 

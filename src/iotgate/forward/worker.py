@@ -46,6 +46,8 @@ class TargetWorker:
         self.poll_s = s.forward_poll_s
         self.batch_delay = s.forward_batch_delay_ms / 1000
         self.inflight = 0
+        # rows up to this ID were claimed by the previous run when it stopped: they may have been sent
+        self.restart_mark = engine.claim_marks.get(target_id, 0)
         self.failing_since: float | None = None  # monotonic time of the first failure of this streak
         self.last_error = ""
         self._backoff = self.retry_initial
@@ -178,7 +180,7 @@ class TargetWorker:
         for device_rows, (done, error) in zip(groups, outcomes, strict=True):
             for row in device_rows[:done]:
                 settle.delivered.append(row.id)
-                if row.maybe_delivered_before:
+                if row.maybe_delivered_before or row.id <= self.restart_mark:
                     settle.redelivered += 1
             if error is None:
                 continue

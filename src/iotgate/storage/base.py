@@ -318,7 +318,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def forward_release(self, node_id: int) -> int:
-        """On start: rows a previous run left in flight wait again (their tries stay counted)."""
+        """On start: rows an earlier version left marked in flight wait again."""
+
+    @abc.abstractmethod
+    async def forward_claim_marks(self, node_id: int) -> dict[int, int]:
+        """target_id -> highest outbox ID of the target's last claim on this node: on start, rows up
+        to it may have been sent by the previous run (delivering them again counts as `redelivered`)."""
 
     @abc.abstractmethod
     async def forward_queue_sizes(self, node_id: int) -> dict[int, int]:
