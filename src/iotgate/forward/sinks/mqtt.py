@@ -20,11 +20,13 @@ from urllib.parse import unquote, urlsplit
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from iotgate.forward.rows import OutboxRow
-from iotgate.forward.sinks.base import DeliveryError, Sink, metadata, tls_context
+from iotgate.forward.sinks.base import DeliveryError, Sink, delivery_id, metadata, tls_context
 from iotgate.forward.targets import MqttTarget, Template
 
 # aiomqtt warns "There are N pending publish calls" whenever more than 10 publishes await their
@@ -39,8 +41,18 @@ WINDOW = 128
 YIELD_EVERY = 100  # publishes handed to the client between two turns of the event loop
 _QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
-# row states within a pipelined round
-_UNSENT, _REFUSED, _PENDING, _ACKED = 0, 1, 2, 3
+# row states within a pipelined round: not handed to the client, refused by the client, sent
+# (PUBACK outstanding), confirmed, refused by the broker (PUBACK with a failure reason code)
+_UNSENT, _REFUSED, _PENDING, _ACKED, _REJECTED = 0, 1, 2, 3, 4
+
+# what paho passes on_publish for a PUBACK of just a message ID; nothing keeps or changes them
+_PUBACK_OK = ReasonCode(PacketTypes.PUBACK)
+_NO_PROPERTIES = Properties(PacketTypes.PUBACK)
+_PUBACK_REASONS = {
+    code: ReasonCode(PacketTypes.PUBACK, identifier=code)
+    for code, names in ReasonCode.names.items()
+    if any(PacketTypes.PUBACK in types for types in names.values())
+}
 
 
 def _utf8(text: str) -> bytes:
@@ -57,9 +69,13 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _pairs(pairs: list[tuple[str, str]]) -> bytes:
+    return b"".join(b"\x26" + _utf8(k) + _utf8(v) for k, v in pairs)
+
+
 def pack_properties(content_type: str, pairs: list[tuple[str, str]]) -> bytes:
     """MQTT 5 PUBLISH properties: Content Type (0x03) and User Properties (0x26), length-prefixed."""
-    body = b"\x03" + _utf8(content_type) + b"".join(b"\x26" + _utf8(k) + _utf8(v) for k, v in pairs)
+    body = b"\x03" + _utf8(content_type) + _pairs(pairs)
     return _varint(len(body)) + body
 
 
@@ -83,55 +99,64 @@ class PackedProperties(Properties):
 
 
 class _Round:
-    """PUBACKs of one pipelined round: aiomqtt's on_publish callback calls `set()` on what it
-    finds in its pending-publish table for the message ID (normally an asyncio.Event)."""
+    """The rows of one pipelined round and their states; `ack()` is called from paho's on_publish
+    (through `_Conn`) with the PUBACK's reason code."""
 
-    __slots__ = ("done", "left", "sending", "sock", "state")
+    __slots__ = ("done", "errors", "left", "sending", "state")
 
-    def __init__(self, size: int, sock: socket.socket | None) -> None:
+    def __init__(self, size: int) -> None:
         self.state = [_UNSENT] * size
+        self.errors: dict[int, str] = {}  # row index -> why it was refused
         self.left = 0
         self.done = asyncio.get_running_loop().create_future()
-        self.sock = sock
         self.sending = True  # rows are still being handed to the client: not done yet
 
-
-class _Ack:
-    __slots__ = ("i", "round")
-
-    def __init__(self, round_: _Round, i: int) -> None:
-        self.round = round_
-        self.i = i
-
-    def set(self) -> None:
-        r = self.round
-        if r.sock is not None:
-            # ACK what we just read at once: a broker without TCP_NODELAY (Mosquitto's default)
-            # holds its next PUBACKs until then, and Linux delays that ACK by up to ~40 ms
-            with contextlib.suppress(OSError):
-                r.sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK or 0, 1)
-        if r.state[self.i] == _PENDING:
-            r.state[self.i] = _ACKED
-            r.left -= 1
-            if r.left == 0 and not r.sending and not r.done.done():
-                r.done.set_result(None)
+    def ack(self, i: int, topic: str, reason: ReasonCode) -> None:
+        if self.state[i] != _PENDING:
+            return
+        if reason.is_failure:  # MQTT 5: the broker did not take it (not authorized, quota, ...)
+            self.state[i] = _REJECTED
+            self.errors[i] = f"publish to {topic} refused by the broker: {reason} ({reason.value:#04x})"
+        else:
+            self.state[i] = _ACKED
+        self.left -= 1
+        if self.left == 0 and not self.sending and not self.done.done():
+            self.done.set_result(None)
 
 
-class ReadBuffer:
-    """paho reads each packet with several recv() calls of a few bytes (command, length, rest): a
-    system call each, for a 4-byte PUBACK. This serves them from one large read. aiomqtt's reader
-    keeps calling paho while `pending()` says bytes are buffered (as it does for TLS sockets)."""
+class BufferedSocket:
+    """A plain TCP socket as paho sees it, with fewer system calls.
+
+    Reads: paho reads each packet with several recv() calls of a few bytes (command, length, rest):
+    a system call each, for a 4-byte PUBACK. They are served from one large read. aiomqtt's reader
+    keeps calling paho while `pending()` says bytes are buffered (as it does for TLS sockets). After
+    each read, TCP_QUICKACK: ACK what was just read at once, because a broker without TCP_NODELAY
+    (Mosquitto's default) holds its next PUBACKs until then, and Linux delays that ACK by up to
+    ~40 ms.
+
+    Writes: paho sends each queued packet with its own send(), and on loopback every send() also
+    runs the broker's TCP receive path. `send()` only appends (up to `limit` bytes waiting, then it
+    says "would block" and paho keeps the packet); `flush()`, called once after paho's loop_write
+    has handed over all its packets (`_Conn`), writes them with one send(), keeping what the kernel
+    did not take for the next time the socket is writable.
+    """
+
+    limit = 256 * 1024
 
     def __init__(self, raw: socket.socket) -> None:
         self.raw = raw
         self._data = b""
         self._at = 0
+        self.out = bytearray()  # written by paho, not yet sent
 
     def recv(self, size: int) -> bytes:
         if self._at >= len(self._data):
             data = self.raw.recv(65536)  # BlockingIOError when there is nothing: paho expects that
             if not data:
                 return data
+            if _QUICKACK is not None:
+                with contextlib.suppress(OSError):
+                    self.raw.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
             self._data, self._at = data, 0
         chunk = self._data[self._at : self._at + size]
         self._at += len(chunk)
@@ -140,30 +165,114 @@ class ReadBuffer:
     def pending(self) -> int:
         return len(self._data) - self._at
 
-    def __getattr__(self, name: str) -> Any:  # send, fileno, close, setblocking, ...
+    def send(self, data: bytes | bytearray) -> int:
+        if len(self.out) >= self.limit and not self.flush():
+            raise BlockingIOError  # paho keeps the packet and waits until the socket is writable
+        self.out += data
+        return len(data)
+
+    def flush(self) -> bool:
+        """Send what is buffered; True when all of it went. OSError when the connection is broken."""
+        if self.out:
+            try:
+                sent = self.raw.send(self.out)
+            except BlockingIOError:
+                return False
+            del self.out[:sent]
+        return not self.out
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # paho's last packet (DISCONNECT), if it goes at once
+            self.flush()
+        self.raw.close()
+
+    def __getattr__(self, name: str) -> Any:  # fileno, setblocking, setsockopt, ...
         return getattr(self.raw, name)
 
 
-def _raw_socket(paho_client: Any) -> socket.socket | None:
-    sock = paho_client.socket() if isinstance(paho_client, paho.Client) else None
-    sock = sock.raw if isinstance(sock, ReadBuffer) else sock
-    return sock if isinstance(sock, socket.socket) else None
+class _Conn:
+    """One connection: the aiomqtt client, its paho client, and the hooks installed on the paho
+    client (instance attributes, so other clients are unaffected)."""
 
+    def __init__(self, client: aiomqtt.Client, tls: bool) -> None:
+        self.client = client
+        self.paho: Any = getattr(client, "_client", None)
+        pending = getattr(client, "_pending_publishes", None)
+        # the internals used below: else publish one by one through aiomqtt's API
+        self.pipelines = isinstance(self.paho, paho.Client) and isinstance(pending, dict)
+        self.acks: dict[int, tuple[_Round, int, str]] = {}  # message ID -> (round, row index, topic)
+        self.ack_sock: socket.socket | None = None  # TLS: TCP_QUICKACK per PUBACK
+        # the longest PUBACK without properties
+        self.short_puback = 3 if getattr(self.paho, "_protocol", None) == paho.MQTTv5 else 2
+        if not self.pipelines:
+            return
+        p: Any = self.paho
+        self._aiomqtt_on_publish = p.on_publish
+        p.on_publish = self._on_publish
+        self._paho_puback = p._handle_pubackcomp
+        p._handle_pubackcomp = self._handle_pubackcomp
+        sock = p.socket()
+        if not isinstance(sock, socket.socket):
+            return
+        with contextlib.suppress(OSError):
+            # paho does not set it: a pipelined round writes many small PUBLISH packets, and Nagle's
+            # algorithm would hold them back until the broker's delayed ACK (~40 ms on Linux)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls:  # TLS sockets buffer reads already; writes stay one send() per packet
+            self.ack_sock = sock if _QUICKACK is not None else None
+            return
+        self.buffered = BufferedSocket(sock)
+        p._sock = self.buffered
+        self._paho_loop_write = p.loop_write
+        p.loop_write = self._loop_write
+        p.want_write = self._want_write
 
-def _tune(client: aiomqtt.Client, tls: bool) -> None:
-    """TCP_NODELAY on the client's socket (paho does not set it): a pipelined round writes many
-    small PUBLISH packets, and Nagle's algorithm would hold them back until the broker's delayed ACK
-    (~40 ms on Linux) instead of sending them at once (measured: 100 publishes 8 -> 5.5 ms). And,
-    without TLS, reads through a `ReadBuffer`."""
-    paho_client: Any = getattr(client, "_client", None)
-    sock = _raw_socket(paho_client)
-    if sock is None:
-        return
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    buffered = ReadBuffer(sock)
-    if not tls and getattr(paho_client, "_sock", None) is sock:  # TLS sockets buffer already
-        paho_client._sock = buffered
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        entry = self.acks.pop(mid, None)
+        if entry is None:  # a publish made through aiomqtt (`MqttSink.send`)
+            self._aiomqtt_on_publish(client, userdata, mid, reason, properties)
+            return
+        if self.ack_sock is not None:
+            with contextlib.suppress(OSError):
+                self.ack_sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK or 0, 1)
+        entry[0].ack(entry[1], entry[2], reason)
+
+    def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
+        """paho's PUBACK handling, without decoding the short forms (message ID, and with MQTT 5 a
+        reason code byte: Mosquitto's "no matching subscribers") into new ReasonCode and Properties
+        objects: paho copies a table of all reason names into every ReasonCode. PUBACKs with
+        properties, and unknown reason codes (paho rejects those), go to paho as they are."""
+        p: Any = self.paho
+        packet = p._in_packet["packet"]
+        size = len(packet)
+        if cmd != "PUBACK" or not 2 <= size <= self.short_puback:
+            return self._paho_puback(cmd)
+        reason = _PUBACK_OK if size == 2 else _PUBACK_REASONS.get(packet[2])
+        if reason is None:
+            return self._paho_puback(cmd)
+        mid = packet[0] << 8 | packet[1]
+        with p._out_message_mutex:
+            if mid in p._out_messages:
+                return p._do_on_publish(mid, reason, _NO_PROPERTIES)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _want_write(self) -> bool:
+        return bool(self.paho._out_packet) or bool(self.buffered.out)
+
+    def _loop_write(self) -> MQTTErrorCode:
+        """paho's loop_write (its queued packets into the buffer), then one send() for all of them.
+        The writer stays registered while bytes are left (`_want_write`)."""
+        p: Any = self.paho
+        rc: MQTTErrorCode = self._paho_loop_write()
+        if rc or p._sock is not self.buffered:  # failed or closed (close() flushed what it could)
+            return rc
+        try:
+            done = self.buffered.flush()
+        except OSError:  # as paho handles a failed send()
+            return p._loop_rc_handle(MQTTErrorCode.MQTT_ERR_CONN_LOST)
+        if done and not p._out_packet:
+            p._call_socket_unregister_write()
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def outcomes(
@@ -183,12 +292,12 @@ def outcomes(
         else:
             sent_after = 0
             for st in mine[done + 1 :]:
-                if st not in (_PENDING, _ACKED):
+                if st not in (_PENDING, _ACKED, _REJECTED):
                     break
                 sent_after += 1
             if mine[done] == _PENDING:  # sent: it may have arrived
                 error = DeliveryError(f"publish unconfirmed: {unconfirmed}", True, sent_after)
-            elif mine[done] == _REFUSED:
+            elif mine[done] in (_REFUSED, _REJECTED):
                 error = DeliveryError(errors[at + done], False, sent_after)
             else:
                 error = DeliveryError(f"not sent: {lost or 'an earlier message failed'}", False, sent_after)
@@ -211,18 +320,20 @@ class MqttSink(Sink):
         self.password = spec.password or (unquote(url.password) if url.password else None)
         self.v5 = spec.protocol == "5"
         self.client_id = spec.client_id or f"iotgate-fwd-{target_id}-{secrets.token_hex(4)}"
-        self._client: aiomqtt.Client | None = None
+        self._conn: _Conn | None = None
         self._lock = asyncio.Lock()
+        # per device and kind of message: its topic and its properties but the message's own IDs
+        self._shapes: dict[tuple[str, ...], tuple[str, bytes, bytes]] = {}
 
-    async def _connected(self) -> aiomqtt.Client:
-        client = self._client
-        if client is not None:
-            gone = getattr(client, "_disconnected", None)  # aiomqtt does not reconnect by itself
+    async def _connected(self) -> _Conn:
+        conn = self._conn
+        if conn is not None:
+            gone = getattr(conn.client, "_disconnected", None)  # aiomqtt does not reconnect by itself
             if not (isinstance(gone, asyncio.Future) and gone.done()):
-                return client
-            await self._drop(client)
+                return conn
+            await self._drop(conn)
         async with self._lock:
-            if self._client is None:
+            if self._conn is None:
                 s = self.spec
                 client = aiomqtt.Client(
                     self.host,
@@ -241,59 +352,78 @@ class MqttSink(Sink):
                     await asyncio.wait_for(client.__aenter__(), self.spec.timeout_s)
                 except (aiomqtt.MqttError, TimeoutError, OSError) as exc:
                     raise DeliveryError(f"cannot connect to {self.host}:{self.port}: {exc or 'timeout'}") from None
-                _tune(client, self.tls)
-                self._client = client
-        assert self._client is not None
-        return self._client
+                self._conn = _Conn(client, self.tls)
+        assert self._conn is not None
+        return self._conn
 
-    async def _drop(self, client: aiomqtt.Client) -> None:
-        if self._client is client:
-            self._client = None
+    async def _drop(self, conn: _Conn) -> None:
+        if self._conn is conn:
+            self._conn = None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.__aexit__(None, None, None), 5)
+                await asyncio.wait_for(conn.client.__aexit__(None, None, None), 5)
 
-    def _properties(self, row: OutboxRow) -> Properties | None:
-        if not (self.v5 and self.spec.user_properties):
+    def _shape(self, row: OutboxRow) -> tuple[str, bytes, bytes]:
+        """The row's topic, and its encoded properties (`pack_properties`) before and after the two
+        that name the message itself (messageId, deliveryId): the same for all messages of a device
+        and kind, so computed once. A test checks the result against `metadata()`."""
+        key = (row.product_key, row.device_name, row.source, row.identifier, row.topic, row.content_type)
+        shape = self._shapes.get(key)
+        if shape is None:
+            if len(self._shapes) >= 10_000:  # bounded: devices come and go
+                self._shapes.clear()
+            head = tail = b""
+            if self.v5 and self.spec.user_properties:
+                pairs = list(metadata(row, self.rule_id).items())
+                at = [name for name, _ in pairs].index("messageId")
+                assert pairs[at + 1][0] == "deliveryId"
+                head = b"\x03" + _utf8(row.content_type) + _pairs(pairs[:at])
+                tail = _pairs(pairs[at + 2 :])
+            shape = self._shapes[key] = (self.topic.render(row, self.rule_id), head, tail)
+        return shape
+
+    @staticmethod
+    def _properties(row: OutboxRow, head: bytes, tail: bytes) -> Properties | None:
+        if not head:
             return None
-        return PackedProperties(pack_properties(row.content_type, list(metadata(row, self.rule_id).items())))
+        ids = (
+            b"\x26\x00\x09messageId" + _utf8(str(row.message_id)) + b"\x26\x00\x0adeliveryId" + _utf8(delivery_id(row))
+        )
+        return PackedProperties(_varint(len(head) + len(ids) + len(tail)) + head + ids + tail)
 
     async def send(self, row: OutboxRow) -> None:
-        client = await self._connected()
-        topic = self.topic.render(row, self.rule_id)
+        conn = await self._connected()
+        topic, head, tail = self._shape(row)
         try:
-            await client.publish(
+            await conn.client.publish(
                 topic,
                 row.body,
                 qos=self.spec.qos,
                 retain=self.spec.retain,
-                properties=self._properties(row),
+                properties=self._properties(row, head, tail),
                 timeout=self.spec.timeout_s,
             )
         except aiomqtt.MqttCodeError as exc:  # refused before sending (e.g. not connected)
-            await self._drop(client)
+            await self._drop(conn)
             raise DeliveryError(f"publish to {topic} refused: {exc}") from None
         except aiomqtt.MqttError as exc:  # timed out waiting for PUBACK: may have arrived
-            await self._drop(client)
+            await self._drop(conn)
             raise DeliveryError(f"publish to {topic} unconfirmed: {exc}", True) from None
 
     async def send_round(self, devices: list[list[OutboxRow]]) -> list[tuple[int, DeliveryError | None]]:
         try:
-            client = await self._connected()
+            conn = await self._connected()
         except DeliveryError as exc:
             return [(0, exc)] * len(devices)
-        paho_client: Any = getattr(client, "_client", None)
-        pending: Any = getattr(client, "_pending_publishes", None)
-        if not isinstance(paho_client, paho.Client) or not isinstance(pending, dict):
-            return await super().send_round(devices)  # an aiomqtt without the internals used below
-        return await self._pipelined(client, paho_client, pending, devices)
+        if not conn.pipelines:
+            return await super().send_round(devices)  # an aiomqtt without the internals used here
+        return await self._pipelined(conn, devices)
 
-    async def _pipelined(
-        self, client: aiomqtt.Client, paho_client: paho.Client, pending: dict[int, Any], devices: list[list[OutboxRow]]
-    ) -> list[tuple[int, DeliveryError | None]]:
+    async def _pipelined(self, conn: _Conn, devices: list[list[OutboxRow]]) -> list[tuple[int, DeliveryError | None]]:
         s = self.spec
-        state = _Round(sum(len(g) for g in devices), _raw_socket(paho_client) if _QUICKACK is not None else None)
-        states = state.state
-        errors: dict[int, str] = {}  # row index -> why it was refused
+        publish = conn.paho.publish
+        acks = conn.acks
+        state = _Round(sum(len(g) for g in devices))
+        states, errors = state.state, state.errors
         lost = ""  # the client refused a publish (not connected): nothing more goes out this round
         mids: list[int] = []
         start = 0
@@ -304,9 +434,9 @@ class MqttSink(Sink):
                     next_pause += YIELD_EVERY
                     await asyncio.sleep(0)
                 for i, row in enumerate(group, start):
-                    topic = self.topic.render(row, self.rule_id)
+                    topic, head, tail = self._shape(row)
                     try:
-                        info = paho_client.publish(topic, row.body, s.qos, s.retain, self._properties(row))
+                        info = publish(topic, row.body, s.qos, s.retain, self._properties(row, head, tail))
                     except ValueError as exc:  # this message cannot go out (a topic paho refuses)
                         states[i], errors[i] = _REFUSED, f"publish to {topic} refused: {exc}"
                         break  # the device's later rows wait behind it
@@ -319,7 +449,7 @@ class MqttSink(Sink):
                         continue
                     states[i] = _PENDING
                     state.left += 1
-                    pending[info.mid] = _Ack(state, i)
+                    acks[info.mid] = (state, i, topic)
                     mids.append(info.mid)
                 start += len(group)
                 if lost:
@@ -327,7 +457,7 @@ class MqttSink(Sink):
             state.sending = False
             unconfirmed = ""
             if state.left:
-                gone = getattr(client, "_disconnected", None)
+                gone = getattr(conn.client, "_disconnected", None)
                 waits: set[asyncio.Future[Any]] = {state.done}
                 if isinstance(gone, asyncio.Future):
                     waits.add(gone)
@@ -337,12 +467,13 @@ class MqttSink(Sink):
                     unconfirmed = "connection lost" if dropped else f"no PUBACK within {s.timeout_s:g} s"
         finally:
             for mid in mids:
-                if isinstance(pending.get(mid), _Ack):
-                    del pending[mid]
+                entry = acks.get(mid)
+                if entry is not None and entry[0] is state:
+                    del acks[mid]
         if lost or state.left:
-            await self._drop(client)
+            await self._drop(conn)
         return outcomes(devices, states, errors, unconfirmed, lost)
 
     async def close(self) -> None:
-        if self._client is not None:
-            await self._drop(self._client)
+        if self._conn is not None:
+            await self._drop(self._conn)
