@@ -68,6 +68,7 @@ class Settings(msgspec.Struct, kw_only=True):
     forward_outbox_warn_size: int = 100_000  # log a warning while a target has more waiting messages
     forward_poll_s: float = 1.0  # how often an idle target looks for rows written by other processes
     forward_batch_delay_ms: float = 10.0  # a target starts a delivery round at most this often
+    forward_sink_process: bool = True  # run the targets' clients in a process of their own
 
     # scaling and housekeeping (docs/scaling.md)
     workers: int = 0  # device-listener processes sharing the port (SO_REUSEPORT); 0: one per core (auto)
@@ -154,6 +155,8 @@ DESCRIPTIONS: dict[str, str] = {
     "forward_poll_s": "How often an idle forwarding target looks for rows written by other processes.",
     "forward_batch_delay_ms": "A forwarding target starts a delivery round at most this often, so that under load "
     "a round carries many messages (one bookkeeping transaction per round).",
+    "forward_sink_process": "Run the forwarding targets' clients (MQTT, HTTP, NATS, AMQP, Redis) in a process of "
+    "their own, started with the first rule; the main process keeps the outbox, retries and counters.",
     "log_level": "debug, info, warning, error or critical.",
     "log_format": "`auto`: JSON lines unless stderr is a terminal; `json`; `text`.",
     "access_log": "Log every request: device requests (dialect, endpoint, result, client) and admin requests.",

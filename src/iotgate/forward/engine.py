@@ -40,7 +40,8 @@ from iotgate.forward.rows import (
     TargetStats,
 )
 from iotgate.forward.rules import CompiledRule, parse_rule, rule_json
-from iotgate.forward.sinks import make_sink
+from iotgate.forward.sinkhost import RemoteSink, SinkHost
+from iotgate.forward.sinks import Sink, make_sink
 from iotgate.forward.targets import SECRET_FIELDS, TargetSpec, parse_target, url_password
 from iotgate.forward.worker import TargetWorker
 from iotgate.storage.base import Record, Storage
@@ -90,6 +91,7 @@ class Forwarder:
         self._reload_lock = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._lifecycle_task: asyncio.Task[None] | None = None
+        self.sink_host: SinkHost | None = None  # forward_sink_process: the sinks' own process
 
     # -- start / stop ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -132,6 +134,8 @@ class Forwarder:
                 self._lifecycle_task.cancel()
         workers, self._workers = list(self._workers.values()), {}
         await asyncio.gather(*(w.stop(STOP_TIMEOUT_S) for w in workers))
+        if self.sink_host is not None:  # after the last rounds
+            await self.sink_host.stop()
 
     # -- rules -----------------------------------------------------------------------------
     async def reload(self) -> None:
@@ -169,7 +173,7 @@ class Forwarder:
         await asyncio.gather(*(w.stop(STOP_TIMEOUT_S) for w in stale))
         for tid, (rule, spec) in wanted.items():
             if tid not in self._workers:
-                sink = make_sink(spec, tid, rule.id, self.settings.forward_concurrency)
+                sink = await self._make_sink(spec, tid, rule.id)
                 worker = TargetWorker(self, rule, tid, str(msgspec.to_builtins(spec)["type"]), sink)
                 self._workers[tid] = worker
                 self._worker_specs[tid] = msgspec.json.encode(spec)
@@ -178,6 +182,16 @@ class Forwarder:
         for tid in list(self.queued):
             if tid not in wanted:
                 self.queued.pop(tid, None)
+
+    async def _make_sink(self, spec: TargetSpec, target_id: int, rule_id: int) -> Sink:
+        concurrency = self.settings.forward_concurrency
+        if not self.settings.forward_sink_process:
+            return make_sink(spec, target_id, rule_id, concurrency)
+        if self.sink_host is None:  # started with the first target: no process while there are no rules
+            fmt = self.settings.log_format
+            self.sink_host = SinkHost(self.settings.log_level, None if fmt == "auto" else fmt == "json")
+            await self.sink_host.start()
+        return RemoteSink(self.sink_host, spec, target_id, rule_id, concurrency)
 
     async def _follow_rules(self) -> None:
         """Rules changed through another process or node reach this one within registry_poll_s."""
