@@ -671,3 +671,60 @@ async def test_mqtts_pipelined_round(tls_broker: tuple[int, int, str]) -> None:
     assert outcome == [(total // n_devices, None)] * n_devices
     _assert_in_order(got, n_devices, total)
     await s.close()
+
+
+class SilentBroker:
+    """Accepts MQTT connections, answers CONNECT with a CONNACK (MQTT 5) and then never answers
+    again; counts the PUBLISH packets it receives."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.publishes = 0
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> SilentBroker:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                first = (await reader.readexactly(1))[0]
+                size, shift = 0, 0
+                while True:
+                    byte = (await reader.readexactly(1))[0]
+                    size |= (byte & 0x7F) << shift
+                    shift += 7
+                    if not byte & 0x80:
+                        break
+                await reader.readexactly(size)
+                if first >> 4 == 1:  # CONNECT
+                    writer.write(b"\x20\x03\x00\x00\x00")
+                    await writer.drain()
+                elif first >> 4 == 3:  # PUBLISH
+                    self.publishes += 1
+        writer.close()
+
+
+async def test_mqtt_window_bounds_messages_in_flight() -> None:
+    """Against a broker that never confirms: exactly WINDOW messages go out, then the round stops
+    after timeoutS; those are uncertain (sent), the rest not sent."""
+    from iotgate.forward.sinks import mqtt
+
+    async with SilentBroker() as broker:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        s = sink({"type": "mqtt", "url": url, "topic": "t/{deviceName}", "timeoutS": 1})
+        n_devices, total = 4, 4 * mqtt.WINDOW
+        outcome = await s.send_round(_by_device(rows(total, devices=n_devices)))
+        await s.close()
+    assert broker.publishes == mqtt.WINDOW
+    assert all(done == 0 and error is not None for done, error in outcome)
+    sent = sum(1 + error.sent_after for _, error in outcome if error is not None and error.uncertain)
+    assert sent == mqtt.WINDOW
+    first, *others = [str(error) for _, error in outcome]
+    assert first == "publish unconfirmed: no PUBACK within 1 s"  # the window is the first device's rows
+    assert others == ["not sent: no PUBACK within 1 s"] * (n_devices - 1)

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -34,8 +35,10 @@ from iotgate.forward.targets import MqttTarget, Template
 _client_log = logging.getLogger("iotgate.forward.mqtt.client")
 _client_log.setLevel(logging.ERROR)
 
-# messages in flight (sent, PUBACK outstanding) on the connection; paho queues the rest in order.
-# Not more: paho walks its whole table of unconfirmed messages on every PUBACK
+# messages of pipelined rounds in flight (sent, PUBACK outstanding) on the connection. Kept by us,
+# not by paho's max_inflight_messages (unlimited here): paho walks its whole table of unconfirmed
+# messages on every PUBACK to find a queued one to send. A round that has WINDOW in flight waits
+# until half of them are confirmed, then hands over the next ones.
 WINDOW = 128
 
 YIELD_EVERY = 100  # publishes handed to the client between two turns of the event loop
@@ -200,7 +203,9 @@ class _Conn:
         pending = getattr(client, "_pending_publishes", None)
         # the internals used below: else publish one by one through aiomqtt's API
         self.pipelines = isinstance(self.paho, paho.Client) and isinstance(pending, dict)
-        self.acks: dict[int, tuple[_Round, int, str]] = {}  # message ID -> (round, row index, topic)
+        # message ID -> (round, row index, topic): the pipelined messages in flight
+        self.acks: dict[int, tuple[_Round, int, str]] = {}
+        self.space: asyncio.Future[None] | None = None  # a round waits for the window to drain
         self.ack_sock: socket.socket | None = None  # TLS: TCP_QUICKACK per PUBACK
         # the longest PUBACK without properties
         self.short_puback = 3 if getattr(self.paho, "_protocol", None) == paho.MQTTv5 else 2
@@ -236,6 +241,25 @@ class _Conn:
             with contextlib.suppress(OSError):
                 self.ack_sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK or 0, 1)
         entry[0].ack(entry[1], entry[2], reason)
+        if self.space is not None and len(self.acks) <= WINDOW // 2 and not self.space.done():
+            self.space.set_result(None)
+
+    async def window(self, timeout: float) -> bool:
+        """Wait until at most half the window is in flight; False if the connection is lost or
+        that takes longer than `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while len(self.acks) > WINDOW // 2:
+            gone = getattr(self.client, "_disconnected", None)
+            left = deadline - time.monotonic()
+            if left <= 0 or (isinstance(gone, asyncio.Future) and gone.done()):
+                return False
+            if self.space is None or self.space.done():
+                self.space = asyncio.get_running_loop().create_future()
+            waits: set[asyncio.Future[Any]] = {self.space}
+            if isinstance(gone, asyncio.Future):
+                waits.add(gone)
+            await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        return True
 
     def _handle_pubackcomp(self, cmd: Any) -> MQTTErrorCode:
         """paho's PUBACK handling, without decoding the short forms (message ID, and with MQTT 5 a
@@ -345,7 +369,7 @@ class MqttSink(Sink):
                     tls_context=tls_context(s.verify_tls, s.ca_file) if self.tls else None,
                     timeout=s.timeout_s,
                     keepalive=30,
-                    max_inflight_messages=max(WINDOW, self.concurrency),
+                    max_inflight_messages=0,  # unlimited: the pipelined rounds keep to WINDOW
                     logger=_client_log,
                 )
                 try:
@@ -428,12 +452,16 @@ class MqttSink(Sink):
         mids: list[int] = []
         start = 0
         next_pause = YIELD_EVERY
+        stalled = False  # the window did not drain (no PUBACKs, connection lost): the rest is not sent
         try:
             for group in devices:  # each device's rows in order, on the one connection
                 if len(mids) >= next_pause:  # let ingest's callbacks run between chunks of a big round
                     next_pause += YIELD_EVERY
                     await asyncio.sleep(0)
                 for i, row in enumerate(group, start):
+                    if len(acks) >= WINDOW and not await conn.window(s.timeout_s):
+                        stalled = True
+                        break
                     topic, head, tail = self._shape(row)
                     try:
                         info = publish(topic, row.body, s.qos, s.retain, self._properties(row, head, tail))
@@ -452,19 +480,21 @@ class MqttSink(Sink):
                     acks[info.mid] = (state, i, topic)
                     mids.append(info.mid)
                 start += len(group)
-                if lost:
+                if lost or stalled:
                     break
             state.sending = False
             unconfirmed = ""
-            if state.left:
-                gone = getattr(conn.client, "_disconnected", None)
+            gone = getattr(conn.client, "_disconnected", None)
+            if state.left and not stalled:
                 waits: set[asyncio.Future[Any]] = {state.done}
                 if isinstance(gone, asyncio.Future):
                     waits.add(gone)
                 await asyncio.wait(waits, timeout=s.timeout_s, return_when=asyncio.FIRST_COMPLETED)
-                if state.left:
-                    dropped = isinstance(gone, asyncio.Future) and gone.done()
-                    unconfirmed = "connection lost" if dropped else f"no PUBACK within {s.timeout_s:g} s"
+            if state.left:
+                dropped = isinstance(gone, asyncio.Future) and gone.done()
+                unconfirmed = "connection lost" if dropped else f"no PUBACK within {s.timeout_s:g} s"
+                if stalled:  # why the rest was not sent
+                    lost = unconfirmed
         finally:
             for mid in mids:
                 entry = acks.get(mid)
