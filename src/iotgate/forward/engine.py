@@ -189,8 +189,13 @@ class Forwarder:
             return make_sink(spec, target_id, rule_id, concurrency)
         if self.sink_host is None:  # started with the first target: no process while there are no rules
             fmt = self.settings.log_format
-            self.sink_host = SinkHost(self.settings.log_level, None if fmt == "auto" else fmt == "json")
-            await self.sink_host.start()
+            host = SinkHost(self.settings.log_level, None if fmt == "auto" else fmt == "json")
+            try:
+                await host.start()
+            except Exception as exc:  # e.g. out of processes: deliver from this process instead
+                log.error("cannot start the forwarding sink process (%s); sinks run in the main process", exc)
+                return make_sink(spec, target_id, rule_id, concurrency)
+            self.sink_host = host
         return RemoteSink(self.sink_host, spec, target_id, rule_id, concurrency)
 
     async def _follow_rules(self) -> None:
