@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from conftest import Admin, ServerProcess
 from iotgate.auth.signing import alink_auth_body
+from iotgate.forward import sinkhost
 from iotgate.forward.rows import OutboxRow
 from iotgate.forward.sinkhost import RemoteSink, SinkHost
 from iotgate.forward.targets import parse_target
@@ -102,6 +104,25 @@ async def test_rounds_go_through_the_sink_process_and_survive_its_death() -> Non
         await host.stop()
         receiver.stop()
     assert host.proc is not None and not host.proc.is_alive()
+
+
+async def test_large_rounds_go_in_parts_in_device_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sinkhost, "ROUND_BYTES", 20)  # each body is 8-9 bytes: two rows per part
+    receiver = WebhookReceiver().start()
+    host = SinkHost("warning")
+    try:
+        await host.start()
+        sink = RemoteSink(host, parse_target({"type": "webhook", "url": receiver.url}, "t"), 7, 3, 4)
+        devices = [[row(1, n) for n in range(1, 6)], [row(2, n) for n in range(10, 13)]]
+        assert await sink.send_round(devices) == [(5, None), (3, None)]
+        assert [json.loads(b)["n"] for _, b in receiver.records] == [1, 2, 3, 4, 5, 10, 11, 12]
+        receiver.status = 500
+        [(done, err)] = await sink.send_round([[row(3, n) for n in range(20, 25)]])
+        assert done == 0 and err is not None and "HTTP 500" in str(err)
+        assert len(receiver.records) == 8  # refused requests are not recorded
+    finally:
+        await host.stop()
+        receiver.stop()
 
 
 def test_sink_process_killed_under_load_loses_nothing(tmp_path: Path) -> None:

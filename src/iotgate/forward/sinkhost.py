@@ -37,6 +37,7 @@ log = logging.getLogger("iotgate.forward")
 HOST_NICE = 5  # like the device workers: the main process (the database writer) gets the CPU first
 RESTART_PAUSE_S = 1.0
 CLOSE_TIMEOUT_S = 10.0
+ROUND_BYTES = 32 * 1024 * 1024  # message bytes per request frame (the link refuses frames over 256 MB)
 
 
 class SendRound(msgspec.Struct, array_like=True, tag="send"):
@@ -229,6 +230,22 @@ class RemoteSink(Sink):
             raise error
 
     async def send_round(self, devices: list[list[OutboxRow]]) -> list[tuple[int, DeliveryError | None]]:
+        if sum(len(r.body) for rows in devices for r in rows) <= ROUND_BYTES:
+            return await self._request(devices)
+        # a round of large messages (IoTDA allows 1 MB each): device by device, each device's rows in
+        # parts of at most ROUND_BYTES, in order, stopping at its first failure (frames stay bounded)
+        outcomes: list[tuple[int, DeliveryError | None]] = []
+        for rows in devices:
+            done, error = 0, None
+            for part in _parts(rows):
+                [(n, error)] = await self._request([part])
+                done += n
+                if error is not None:  # its sent_after counts within the part: later parts were not sent
+                    break
+            outcomes.append((done, error))
+        return outcomes
+
+    async def _request(self, devices: list[list[OutboxRow]]) -> list[tuple[int, DeliveryError | None]]:
         try:
             reply = await self.host.request(
                 lambda seq: SendRound(seq, self.target_id, self.rule_id, self.concurrency, self.spec, devices)
@@ -246,6 +263,18 @@ class RemoteSink(Sink):
     async def close(self) -> None:
         with contextlib.suppress(HostLost, TimeoutError):
             await asyncio.wait_for(self.host.request(lambda seq: CloseSink(seq, self.target_id)), CLOSE_TIMEOUT_S)
+
+
+def _parts(rows: list[OutboxRow]) -> list[list[OutboxRow]]:
+    parts: list[list[OutboxRow]] = [[]]
+    size = 0
+    for row in rows:
+        if parts[-1] and size + len(row.body) > ROUND_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(row)
+        size += len(row.body)
+    return parts
 
 
 # -- the sink process ---------------------------------------------------------------------------
