@@ -775,3 +775,36 @@ async def test_postgres_with_device_workers(tmp_path: Path, pg_url: str) -> None
     finally:
         srv.stop()
         receiver.stop()
+
+
+# -- metrics ------------------------------------------------------------------------------------------------
+async def test_counters_per_rule_and_target_in_metrics(
+    server: ServerProcess, admin: Admin, receiver: WebhookReceiver
+) -> None:
+    pk = admin.product(MODEL)
+    rule = create_rule(
+        admin,
+        name=f"metrics-{secrets.token_hex(3)}",
+        source="property",
+        productKey=pk,
+        where="seq >= 2",
+        targets=[{"type": "webhook", "url": receiver.url}],
+    )
+    [d] = await devices(server, admin, pk, ["metrics-1"])
+    for i in range(5):
+        await d.report(seq=i, temperature=1.0)
+    await d.close()
+    wait_for(lambda: stats(admin, rule["id"])["delivered"] == 3, 20, what="deliveries")
+    target = f"{rule['targets'][0]['id']}-webhook"
+    labels = f'rule="{rule["name"]}",rule_id="{rule["id"]}",target="{target}"'
+    text = admin.c.get("/metrics").text
+    want = {
+        "iotgate_forward_matched_total": 5,
+        "iotgate_forward_filtered_out_total": 2,
+        "iotgate_forward_delivered_total": 3,
+        "iotgate_forward_dead_letters": 0,
+        "iotgate_forward_queued": 0,
+        "iotgate_forward_in_flight": 0,
+    }
+    for name, value in want.items():
+        assert f"{name}{{{labels}}} {float(value)}" in text, (name, [ln for ln in text.splitlines() if name in ln])

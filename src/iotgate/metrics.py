@@ -351,6 +351,40 @@ class PlatformCollector(Collector):
             for target, depth in sorted(depths.items()):
                 family.add_metric([str(target)], float(depth))
             yield family
+        yield from forward_families(p)
+
+
+FORWARD_COUNTERS = {  # stats field -> (metric, help); counters only grow (until a target is deleted)
+    "matched": ("iotgate_forward_matched", "Messages in a forwarding rule's scope, per target"),
+    "filteredOut": ("iotgate_forward_filtered_out", "Matched messages the rule's filter did not select"),
+    "delivered": ("iotgate_forward_delivered", "Messages the target confirmed"),
+    "redelivered": ("iotgate_forward_redelivered", "Deliveries after an attempt that may have arrived too"),
+    "retries": ("iotgate_forward_retries", "Failed delivery attempts"),
+    "replayed": ("iotgate_forward_replayed", "Dead letters sent back to the outbox"),
+}
+FORWARD_GAUGES = {
+    "deadLettered": ("iotgate_forward_dead_letters", "Messages in the target's dead-letter store"),
+    "inFlight": ("iotgate_forward_in_flight", "Messages being delivered"),
+    "queued": ("iotgate_forward_queued", "Messages waiting in the outbox"),
+}
+
+
+def forward_families(p: Platform) -> Iterator[Metric]:
+    """Counters per rule and target (they add up: matched = delivered + dead_letters + in_flight +
+    queued + filtered_out), as read by the forwarder when /metrics was requested."""
+    rows = list(getattr(getattr(p, "forwarder", None), "metric_stats", None) or [])
+    if not rows:
+        return
+    labels = ["rule", "rule_id", "target"]
+    for key, (name, doc) in {**FORWARD_COUNTERS, **FORWARD_GAUGES}.items():
+        family: CounterMetricFamily | GaugeMetricFamily = (
+            CounterMetricFamily(name, doc, labels=labels)
+            if key in FORWARD_COUNTERS
+            else GaugeMetricFamily(name, doc, labels=labels)
+        )
+        for r in rows:
+            family.add_metric([str(r["rule"]), str(r["ruleId"]), f"{r['targetId']}-{r['type']}"], float(r[key]))
+        yield family
 
 
 def outbox_depths(p: Platform) -> dict[str, int] | None:

@@ -76,6 +76,12 @@ def write_key_file(path: Path, key: str) -> None:
 # -- endpoints -------------------------------------------------------------------------------
 async def metrics_endpoint(request: Request) -> Response:
     """Prometheus text exposition (unauthenticated, like /healthz; the admin listener is loopback by default)."""
+    forwarder = getattr(platform(request), "forwarder", None)
+    if forwarder is not None and forwarder.deliver:
+        try:
+            await forwarder.refresh_metrics()  # the forwarding counters are read from the database
+        except Exception as exc:  # a scrape still answers with everything else
+            log.warning("forwarding counters unavailable for /metrics: %s", exc)
     return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 

@@ -92,6 +92,7 @@ class Forwarder:
         self._tasks: list[asyncio.Task[None]] = []
         self._lifecycle_task: asyncio.Task[None] | None = None
         self.sink_host: SinkHost | None = None  # forward_sink_process: the sinks' own process
+        self.metric_stats: list[dict[str, Any]] = []  # counters per target, as of the last /metrics scrape
 
     # -- start / stop ----------------------------------------------------------------------
     async def start(self) -> None:
@@ -289,6 +290,19 @@ class Forwarder:
             for k in ("matched", "filteredOut", "delivered", "deadLettered", "inFlight", "queued", "redelivered")
         }
         return {"ruleId": rule_id, "name": rule.name, "targets": targets, **totals}
+
+    async def refresh_metrics(self) -> None:
+        """Read every target's counters for `/metrics` (called when it is scraped): `metric_stats`."""
+        names = {rule_id: rule.row.name for rule_id, rule in self._rules.items()}
+        kinds = {tid: w.kind for tid, w in self._workers.items()}
+        self.metric_stats = [
+            {
+                "rule": names.get(s.rule_id, str(s.rule_id)),
+                "ruleId": s.rule_id,
+                **self._stats_json(s, kinds.get(s.target_id)),
+            }
+            for s in await self.storage.forward_stats(None)
+        ]
 
     async def all_target_stats(self) -> list[dict[str, Any]]:
         """Counters of every target (one consistent read)."""
