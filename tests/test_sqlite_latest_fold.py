@@ -1,0 +1,142 @@
+"""SQLite's in-memory latest values: a report that supersedes a device's pending one replaces it
+whole; anything else is folded property by property. Either way the result is the newest value
+per property (of equal times, the later commit), before a checkpoint, after it and after a crash."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iotgate.ingest.ids import MessageIds
+from iotgate.storage import sqlite as sqlite_mod
+from iotgate.storage.base import DeviceRow, ProductRow, Record
+from iotgate.storage.sqlite import SqliteStorage
+
+IDS = MessageIds(9)
+
+
+def prop(device: int, ts: int, **values: Any) -> Record:
+    return Record(
+        message_id=IDS.next(),
+        device_id=device,
+        kind="property",
+        ts=ts,
+        received_at=int(time.time() * 1000),
+        values=values,
+    )
+
+
+def newest(reports: list[Record]) -> dict[str, tuple[Any, int]]:
+    """The reference: one property at a time, in commit order."""
+    out: dict[str, tuple[Any, int]] = {}
+    for r in reports:
+        assert r.values is not None
+        for key, value in r.values.items():
+            if key not in out or r.ts >= out[key][1]:
+                out[key] = (value, r.ts)
+    return out
+
+
+def table_latest(path: Path, device: int) -> dict[str, tuple[str, int]]:
+    with sqlite3.connect(path) as con:
+        rows = con.execute("SELECT identifier, value, ts FROM latest WHERE device_id=?", (device,)).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+async def devices(storage: SqliteStorage, n: int) -> list[int]:
+    await storage.insert_product(
+        ProductRow(product_key="pkFold00001", name="p", node_type="direct", data_format="alink-json", auth_type="x")
+    )
+    rows = [DeviceRow(id=0, product_key="pkFold00001", device_name=f"d{i}", secret="s") for i in range(n)]
+    return [r.id for r in await storage.insert_devices(rows)]
+
+
+@pytest.fixture
+def no_timed_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite_mod, "CHECKPOINT_S", 1e9)
+
+
+# Each case: the reports of one device, committed one batch each (and once all in one batch).
+CASES: dict[str, list[tuple[int, dict[str, Any]]]] = {
+    "each report supersedes the last": [(10, {"a": 1, "b": 2}), (20, {"a": 3, "b": 4}), (20, {"a": 5, "b": 6})],
+    "more properties, then fewer": [(10, {"a": 1, "b": 2, "c": 3}), (20, {"a": 4}), (30, {"b": 5, "a": 6})],
+    "an older event time loses per property": [(50, {"a": 1}), (40, {"a": 2, "b": 3}), (60, {"b": 4})],
+    "an older report with more properties": [(50, {"a": 1}), (10, {"a": 2, "b": 3, "c": 4})],
+    "equal times: the later commit wins": [(10, {"a": 1, "b": 1}), (10, {"a": 2}), (10, {"a": 3, "b": 3})],
+    "an empty report changes nothing": [(10, {"a": 1}), (20, {}), (5, {"a": 9})],
+}
+
+
+@pytest.mark.parametrize("one_batch", [False, True])
+@pytest.mark.parametrize("case", list(CASES))
+async def test_latest_values_are_the_newest_per_property(
+    tmp_path: Path, no_timed_checkpoints: None, case: str, one_batch: bool
+) -> None:
+    path = tmp_path / "db.sqlite"
+    storage = SqliteStorage(path)
+    await storage.open()
+    storage._checkpoint_at = time.monotonic()
+    (dev,) = await devices(storage, 1)
+    reports = [prop(dev, ts, **values) for ts, values in CASES[case]]
+    if one_batch:
+        await storage.write_batch(reports)
+    else:
+        for r in reports:
+            await storage.write_batch([r])
+    expected = newest(reports)
+    assert await storage.latest_values(dev) == expected
+    # no close(): after this "crash" the reopened storage replays history into the table
+    reopened = SqliteStorage(path)
+    await reopened.open()
+    try:
+        assert await reopened.latest_values(dev) == expected
+        assert table_latest(path, dev) == {k: (str(v), ts) for k, (v, ts) in expected.items()}
+    finally:
+        await reopened.close()
+        storage._reader_pool.shutdown()
+        storage._writer_pool.shutdown()
+
+
+async def test_reports_after_a_snapshot_overlay_it_and_a_failed_checkpoint_keeps_both(
+    tmp_path: Path, no_timed_checkpoints: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_mod, "CHECKPOINT_ROWS", 2)
+    path = tmp_path / "db.sqlite"
+    storage = SqliteStorage(path)
+    await storage.open()
+    try:
+        storage._checkpoint_at = time.monotonic()
+        dev, other = await devices(storage, 2)
+        first = [prop(dev, 10, a=1, b=2, c=3), prop(other, 10, x=1)]
+        await storage.write_batch(first)
+        writer = storage._writer
+        assert writer is not None
+        assert storage._checkpoint_step(writer) is True  # a snapshot is being written: 2 of 4 rows
+        later = [prop(dev, 20, b=20), prop(dev, 5, c=30, d=40), prop(other, 30, x=2, y=3)]
+        await storage.write_batch(later)
+        assert await storage.latest_values(dev) == newest([r for r in first + later if r.device_id == dev])
+        assert await storage.latest_values(other) == newest([r for r in first + later if r.device_id == other])
+
+        # the next step fails: the snapshot goes back into the pending values, under the newer ones
+        def broken(*_: object) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        monkeypatch.setattr(storage, "_set_watermarks", broken)
+        with pytest.raises(sqlite3.OperationalError):
+            while storage._checkpoint_step(writer):
+                pass
+        monkeypatch.undo()
+        assert not storage._flushing_latest
+        assert await storage.latest_values(dev) == newest([r for r in first + later if r.device_id == dev])
+        assert await storage.latest_values(other) == newest([r for r in first + later if r.device_id == other])
+        storage._checkpoint(writer)
+        assert table_latest(path, dev) == {
+            k: (str(v), ts) for k, (v, ts) in newest([r for r in first + later if r.device_id == dev]).items()
+        }
+        assert table_latest(path, other) == {"x": ("2", 30), "y": ("3", 30)}
+    finally:
+        await storage.close()
