@@ -148,25 +148,31 @@ class BufferedSocket:
 
     def __init__(self, raw: socket.socket) -> None:
         self.raw = raw
-        self._data = b""
-        self._at = 0
+        self.data = b""
+        self.at = 0
         self.out = bytearray()  # written by paho, not yet sent
+        # one read per pass of the reader (`_Conn._loop_read`): paho reads until "would block",
+        # which costs a system call more each time. epoll reports what is left on the next turn
+        self.may_read = True
 
     def recv(self, size: int) -> bytes:
-        if self._at >= len(self._data):
+        if self.at >= len(self.data):
+            if not self.may_read:
+                raise BlockingIOError
+            self.may_read = False
             data = self.raw.recv(65536)  # BlockingIOError when there is nothing: paho expects that
             if not data:
                 return data
             if _QUICKACK is not None:
                 with contextlib.suppress(OSError):
                     self.raw.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
-            self._data, self._at = data, 0
-        chunk = self._data[self._at : self._at + size]
-        self._at += len(chunk)
+            self.data, self.at = data, 0
+        chunk = self.data[self.at : self.at + size]
+        self.at += len(chunk)
         return chunk
 
     def pending(self) -> int:
-        return len(self._data) - self._at
+        return len(self.data) - self.at
 
     def send(self, data: bytes | bytearray) -> int:
         if len(self.out) >= self.limit and not self.flush():
@@ -231,6 +237,10 @@ class _Conn:
         self._paho_loop_write = p.loop_write
         p.loop_write = self._loop_write
         p.want_write = self._want_write
+        self._paho_loop_read = p.loop_read
+        p.loop_read = self._loop_read
+        self._paho_packet_read = p._packet_read
+        p._packet_read = self._packet_read
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         entry = self.acks.pop(mid, None)
@@ -279,6 +289,39 @@ class _Conn:
             if mid in p._out_messages:
                 return p._do_on_publish(mid, reason, _NO_PROPERTIES)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        self.buffered.may_read = True
+        rc: MQTTErrorCode = self._paho_loop_read(max_packets)
+        return rc
+
+    def _packet_read(self) -> MQTTErrorCode:
+        """A whole short PUBACK (as in `_handle_pubackcomp`) straight from the read buffer, with
+        paho's bookkeeping (time of the last bytes received, on_publish, its table of unconfirmed
+        messages); anything else, or a PUBACK split between two reads, goes through paho."""
+        p: Any = self.paho
+        buf = self.buffered
+        data, at = buf.data, buf.at
+        if p._in_packet["command"] == 0 and len(data) - at >= 4 and data[at] == 0x40:
+            size = data[at + 1]
+            if size == 2:
+                reason: ReasonCode | None = _PUBACK_OK
+            elif size == 3 == self.short_puback and len(data) - at >= 5:
+                reason = _PUBACK_REASONS.get(data[at + 4])
+            else:
+                reason = None
+            if reason is not None:
+                buf.at = at + 2 + size
+                mid = data[at + 2] << 8 | data[at + 3]
+                with p._msgtime_mutex:
+                    p._last_bytes_received = paho.time_func()
+                with p._out_message_mutex:
+                    if mid in p._out_messages:
+                        rc: MQTTErrorCode = p._do_on_publish(mid, reason, _NO_PROPERTIES)
+                        return rc
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+        rc = self._paho_packet_read()
+        return rc
 
     def _want_write(self) -> bool:
         return bool(self.paho._out_packet) or bool(self.buffered.out)
