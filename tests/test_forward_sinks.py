@@ -675,11 +675,15 @@ async def test_mqtts_pipelined_round(tls_broker: tuple[int, int, str]) -> None:
 
 class SilentBroker:
     """Accepts MQTT connections, answers CONNECT with a CONNACK (MQTT 5) and then never answers
-    again; counts the PUBLISH packets it receives."""
+    again; counts the PUBLISH packets it receives. With `split_acks`, it confirms every QoS 1
+    PUBLISH instead, in PUBACKs cut into pieces written one after the other (alternately just the
+    message ID and with the reason code "no matching subscribers"), so that the client reads
+    PUBACKs split between two reads."""
 
-    def __init__(self) -> None:
+    def __init__(self, split_acks: bool = False) -> None:
         self.port = free_port()
         self.publishes = 0
+        self.split_acks = split_acks
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> SilentBroker:
@@ -691,6 +695,22 @@ class SilentBroker:
         self.server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        acks = bytearray()
+        more = asyncio.Event()
+
+        async def send_acks() -> None:  # pieces of 3 to 11 bytes, each written on its own
+            size = 3
+            while True:
+                await more.wait()
+                more.clear()
+                while acks:
+                    writer.write(bytes(acks[:size]))
+                    del acks[:size]
+                    await writer.drain()
+                    await asyncio.sleep(0.001)
+                    size = 3 + (size + 4) % 9
+
+        sender = asyncio.create_task(send_acks())
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
             while True:
                 first = (await reader.readexactly(1))[0]
@@ -701,12 +721,18 @@ class SilentBroker:
                     shift += 7
                     if not byte & 0x80:
                         break
-                await reader.readexactly(size)
+                body = await reader.readexactly(size)
                 if first >> 4 == 1:  # CONNECT
                     writer.write(b"\x20\x03\x00\x00\x00")
                     await writer.drain()
                 elif first >> 4 == 3:  # PUBLISH
                     self.publishes += 1
+                    if self.split_acks:
+                        at = 2 + int.from_bytes(body[:2], "big")
+                        mid = body[at : at + 2]
+                        acks += b"\x40\x02" + mid if self.publishes % 2 else b"\x40\x03" + mid + b"\x10"
+                        more.set()
+        sender.cancel()
         writer.close()
 
 
@@ -728,3 +754,17 @@ async def test_mqtt_window_bounds_messages_in_flight() -> None:
     first, *others = [str(error) for _, error in outcome]
     assert first == "publish unconfirmed: no PUBACK within 1 s"  # the window is the first device's rows
     assert others == ["not sent: no PUBACK within 1 s"] * (n_devices - 1)
+
+
+async def test_mqtt_puback_split_between_reads() -> None:
+    """PUBACKs that arrive in pieces (a packet's start at the end of one read, its rest in the
+    next; with and without a reason code) are all matched: the whole round is confirmed."""
+    async with SilentBroker(split_acks=True) as broker:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        s = sink({"type": "mqtt", "url": url, "topic": "t/{deviceName}", "timeoutS": 5})
+        n_devices, total = 5, 400
+        outcome = await s.send_round(_by_device(rows(total, devices=n_devices)))
+        assert outcome == [(total // n_devices, None)] * n_devices
+        assert await s.send_round([rows(3, devices=1)]) == [(3, None)]
+        await s.close()
+    assert broker.publishes == total + 3
