@@ -1,9 +1,14 @@
-"""SQLite's in-memory latest values: a report that supersedes a device's pending one replaces it
-whole; anything else is folded property by property. Either way the result is the newest value
-per property (of equal times, the later commit), before a checkpoint, after it and after a crash."""
+"""SQLite's writer: in-memory latest values and the WAL.
+
+A report that supersedes a device's pending latest values replaces them whole; anything else is
+folded property by property. Either way the result is the newest value per property (of equal
+times, the later commit), before a checkpoint, after it and after a crash. Committed WAL pages
+reach the database file through a thread of their own."""
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 import sqlite3
 import time
 from pathlib import Path
@@ -138,5 +143,24 @@ async def test_reports_after_a_snapshot_overlay_it_and_a_failed_checkpoint_keeps
             k: (str(v), ts) for k, (v, ts) in newest([r for r in first + later if r.device_id == dev]).items()
         }
         assert table_latest(path, other) == {"x": ("2", 30), "y": ("3", 30)}
+    finally:
+        await storage.close()
+
+
+async def test_the_wal_thread_copies_ingest_commits_into_the_database_file(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    storage = SqliteStorage(path)
+    await storage.open()
+    try:
+        (dev,) = await devices(storage, 1)
+        await storage.write_batch([prop(dev, 10, a=1), prop(dev, 20, a=2)])
+        # the checkpoint queued by that commit has run once a later task on the WAL thread has
+        await asyncio.get_running_loop().run_in_executor(None, lambda: storage._wal_pool.submit(lambda: None).result())
+        shutil.copy(path, tmp_path / "file-only.sqlite")  # without the -wal file: only what was copied
+        with sqlite3.connect(tmp_path / "file-only.sqlite") as con:
+            assert con.execute("SELECT COUNT(*) FROM history WHERE device_id=?", (dev,)).fetchone()[0] == 2
+        assert storage._writer is not None
+        pages = storage._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert pages == sqlite_mod.WAL_AUTOCHECKPOINT_PAGES  # the writer copies only when that thread falls behind
     finally:
         await storage.close()

@@ -107,6 +107,8 @@ class SqliteStorage(ForwardSqlite, Storage):
         con.execute("PRAGMA foreign_keys=ON")
         con.execute("PRAGMA busy_timeout=30000")
         con.execute("PRAGMA cache_size=-65536")
+        # every connection: a device worker's occasional small write would otherwise copy the WAL
+        con.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         with self._conns_lock:
             self._all_conns.append(con)
         return con
@@ -145,7 +147,6 @@ class SqliteStorage(ForwardSqlite, Storage):
         def setup() -> None:
             self._writer = self._connect()
             if not self.follower:
-                self._writer.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
                 self._migrate(self._writer)
                 self._recover(self._writer)
 
