@@ -678,12 +678,15 @@ class SilentBroker:
     again; counts the PUBLISH packets it receives. With `split_acks`, it confirms every QoS 1
     PUBLISH instead, in PUBACKs cut into pieces written one after the other (alternately just the
     message ID and with the reason code "no matching subscribers"), so that the client reads
-    PUBACKs split between two reads."""
+    PUBACKs split between two reads. With `drop_after`, the first connection is closed once that
+    many PUBLISH packets arrived on it."""
 
-    def __init__(self, split_acks: bool = False) -> None:
+    def __init__(self, split_acks: bool = False, drop_after: int = 0) -> None:
         self.port = free_port()
         self.publishes = 0
         self.split_acks = split_acks
+        self.drop_after = drop_after
+        self.connections = 0
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> SilentBroker:
@@ -695,6 +698,8 @@ class SilentBroker:
         self.server.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        drop_at = self.publishes + self.drop_after if self.drop_after and self.connections == 1 else 0
         acks = bytearray()
         more = asyncio.Event()
 
@@ -727,6 +732,8 @@ class SilentBroker:
                     await writer.drain()
                 elif first >> 4 == 3:  # PUBLISH
                     self.publishes += 1
+                    if self.publishes == drop_at:
+                        break
                     if self.split_acks:
                         at = 2 + int.from_bytes(body[:2], "big")
                         mid = body[at : at + 2]
@@ -768,3 +775,18 @@ async def test_mqtt_puback_split_between_reads() -> None:
         assert await s.send_round([rows(3, devices=1)]) == [(3, None)]
         await s.close()
     assert broker.publishes == total + 3
+
+
+async def test_mqtt_connection_lost_mid_round() -> None:
+    """The broker closes the connection in the middle of a round: what was sent is uncertain, the
+    rest not sent; the next round connects again and is delivered."""
+    async with SilentBroker(split_acks=True, drop_after=50) as broker:
+        url = f"mqtt://127.0.0.1:{broker.port}"
+        s = sink({"type": "mqtt", "url": url, "topic": "t/{deviceName}", "timeoutS": 5})
+        batch = _by_device(rows(400, devices=2))
+        outcome = await s.send_round(batch)
+        assert all(done < len(group) and error is not None for (done, error), group in zip(outcome, batch, strict=True))
+        assert any(error is not None and error.uncertain and "connection lost" in str(error) for _, error in outcome)
+        assert await s.send_round(batch) == [(200, None), (200, None)]
+        await s.close()
+    assert broker.connections == 2
