@@ -153,12 +153,14 @@ async def test_the_wal_thread_copies_ingest_commits_into_the_database_file(tmp_p
     await storage.open()
     try:
         (dev,) = await devices(storage, 1)
-        await storage.write_batch([prop(dev, 10, a=1), prop(dev, 20, a=2)])
-        # the checkpoint queued by that commit has run once a later task on the WAL thread has
+        for ts in range(sqlite_mod.WAL_CHECKPOINT_COMMITS):
+            await storage.write_batch([prop(dev, ts, a=ts), prop(dev, ts, b=ts)])
+        # the checkpoint queued by the last commit has run once a later task on the WAL thread has
         await asyncio.get_running_loop().run_in_executor(None, lambda: storage._wal_pool.submit(lambda: None).result())
         shutil.copy(path, tmp_path / "file-only.sqlite")  # without the -wal file: only what was copied
         with sqlite3.connect(tmp_path / "file-only.sqlite") as con:
-            assert con.execute("SELECT COUNT(*) FROM history WHERE device_id=?", (dev,)).fetchone()[0] == 2
+            count = con.execute("SELECT COUNT(*) FROM history WHERE device_id=?", (dev,)).fetchone()[0]
+            assert count == 2 * sqlite_mod.WAL_CHECKPOINT_COMMITS
         assert storage._writer is not None
         pages = storage._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert pages == sqlite_mod.WAL_AUTOCHECKPOINT_PAGES  # the writer copies only when that thread falls behind
