@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from itertools import repeat
 from typing import Any, Protocol
 
 from iotgate import metrics
@@ -52,31 +53,9 @@ class OutboxSource(Protocol):
     def committed(self, batch: OutboxBatch) -> None: ...
 
 
-class _Group:
-    """One future for a group of records (a worker's frame): resolved when the last of them is
-    committed, failed as soon as one batch holding some of them fails. In the pending list it
-    stands where a record's own future would (done / set_result / set_exception), so a frame of
-    50 gateway children costs one future and one callback instead of fifty."""
-
-    __slots__ = ("future", "left")
-
-    def __init__(self, future: asyncio.Future[None], size: int) -> None:
-        self.future = future
-        self.left = size
-
-    def done(self) -> bool:
-        return self.future.done()
-
-    def set_result(self, _: None) -> None:
-        self.left -= 1
-        if self.left == 0:
-            self.future.set_result(None)
-
-    def set_exception(self, exc: BaseException) -> None:
-        self.future.set_exception(exc)
-
-
-Waiter = asyncio.Future[None] | _Group
+# What a pending record's submitter waits on: its own future (submit_many), or the future it
+# shares with the rest of its group (submit_group), which _take_batch never cuts in two.
+Waiter = asyncio.Future[None]
 
 
 class Ingestor:
@@ -130,10 +109,9 @@ class Ingestor:
         if not records:
             future.set_result(None)
             return future
-        group = _Group(future, len(records))
         if not self._pending:
             self._first_at = loop.time()
-        self._pending.extend((r, group) for r in records)
+        self._pending.extend(zip(records, repeat(future)))
         self._queued(loop)
         return future
 
@@ -189,10 +167,9 @@ class Ingestor:
         in two - its requests (a gateway report's children among them) commit in one transaction."""
         pending, cut = self._pending, self.max_reports
         if cut < len(pending):
-            waiter = pending[cut - 1][1]
-            if isinstance(waiter, _Group):
-                while cut < len(pending) and pending[cut][1] is waiter:
-                    cut += 1
+            waiter = pending[cut - 1][1]  # a future only one group's records share
+            while cut < len(pending) and pending[cut][1] is waiter:
+                cut += 1
         batch = pending[:cut]
         del pending[:cut]
         return batch
@@ -231,14 +208,14 @@ class Ingestor:
         except Exception as exc:  # the database failed: every caller in the batch learns it
             metrics.COMMIT_FAILURES.inc()
             log.error("commit of %d reports failed: %s", len(records), exc)
-            for _, fut in batch:
+            for fut in _waiters(batch):
                 if not fut.done():
                     fut.set_exception(exc)
             return
         metrics.committed(records, time.perf_counter() - started)
         self.batches += 1
         self.committed += len(records)
-        for _, fut in batch:
+        for fut in _waiters(batch):
             if not fut.done():
                 fut.set_result(None)
         if outbox is not None and self.outbox is not None:
@@ -251,6 +228,17 @@ class Ingestor:
                 hook(records)
             except Exception:  # a broken observer must never undo an acknowledged commit
                 log.exception("after-commit hook failed")
+
+
+def _waiters(batch: list[tuple[Record, Waiter]]) -> list[Waiter]:
+    """Each waiter of a batch once: a group's records are adjacent and share one future."""
+    waiters: list[Waiter] = []
+    last = None
+    for _, fut in batch:
+        if fut is not last:
+            waiters.append(fut)
+            last = fut
+    return waiters
 
 
 def _drive(coro: Coroutine[Any, Any, None]) -> None:
