@@ -435,6 +435,10 @@ class MqttSink(Sink):
             self._conn = None
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(conn.client.__aexit__(None, None, None), 5)
+            gone = getattr(conn.client, "_disconnected", None)
+            if isinstance(gone, asyncio.Future) and gone.done() and not gone.cancelled():
+                # a lost connection: the rounds' outcomes say so; unretrieved, asyncio logs it again
+                gone.exception()
 
     def _shape(self, row: OutboxRow) -> tuple[str, bytes, bytes]:
         """The row's topic, and its encoded properties (`pack_properties`) before and after the two
