@@ -272,14 +272,10 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 def serve_cmd(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     setup_logging(settings.log_level, settings.log_format)
+    from iotgate.processes import install_uvloop
     from iotgate.server import serve
 
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        pass
+    install_uvloop()
     asyncio.run(serve(settings))
 
 

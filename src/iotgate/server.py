@@ -34,6 +34,7 @@ from iotgate.gateway.tls import ensure_self_signed, server_context
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.pipeline import Ingestor
 from iotgate.ingest.remote import IngestHub, IngestLink
+from iotgate.processes import start_child
 from iotgate.registry.service import Registry
 from iotgate.storage.base import Storage
 from iotgate.storage.retention import Housekeeper
@@ -437,21 +438,10 @@ async def _until_ready(proc: BaseProcess, timeout: float = 120.0) -> None:
 
 def _worker_main(settings: Settings, index: int, ready: Any, ingest_path: str = "") -> None:
     """Entry point of a device-worker process (multiprocessing spawn)."""
-    from iotgate.logs import configure
-
-    configure(settings.log_level)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent sends SIGTERM
     # When cores are short, the main process (the SQLite writer, the admin API) gets the CPU first: a
     # commit that waits behind request handling holds up every device in its batch. Interleaved
     # alink-post runs: 11.9k vs 10.5k msgs/s (median of 4) with workers at nice +5 (docs/benchmarks.md).
-    with contextlib.suppress(OSError):
-        os.nice(WORKER_NICE)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        pass
+    start_child(settings.log_level, settings.log_format, WORKER_NICE)  # the parent sends SIGTERM
     try:
         asyncio.run(_serve_worker(settings, index, ready, ingest_path))
     except (OSError, ValueError) as exc:  # e.g. the port was taken after the parent's check

@@ -189,8 +189,7 @@ class Forwarder:
         if not self.settings.forward_sink_process:
             return make_sink(spec, target_id, rule_id, concurrency)
         if self.sink_host is None:  # started with the first target: no process while there are no rules
-            fmt = self.settings.log_format
-            host = SinkHost(self.settings.log_level, None if fmt == "auto" else fmt == "json")
+            host = SinkHost(self.settings.log_level, self.settings.log_format)
             try:
                 await host.start()
             except Exception as exc:  # e.g. out of processes: deliver from this process instead

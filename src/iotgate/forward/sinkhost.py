@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import signal
 import socket
 import sys
@@ -32,6 +31,7 @@ from iotgate.forward.rows import OutboxRow
 from iotgate.forward.sinks import DeliveryError, Sink, make_sink
 from iotgate.forward.targets import TargetSpec
 from iotgate.ingest.remote import _Framer
+from iotgate.processes import start_child
 
 log = logging.getLogger("iotgate.forward")
 HOST_NICE = 5  # like the device workers: the main process (the database writer) gets the CPU first
@@ -82,9 +82,9 @@ class SinkHost:
     """The main process's handle on the sink process: started with the first target, replaced when
     it dies, stopped (after the delivery tasks have finished their rounds) with the forwarder."""
 
-    def __init__(self, log_level: str = "info", log_json: bool | None = None) -> None:
+    def __init__(self, log_level: str = "info", log_format: str = "auto") -> None:
         self.log_level = log_level
-        self.log_json = log_json
+        self.log_format = log_format
         self.proc: BaseProcess | None = None
         self._link: _HostLink | None = None
         self._ready: asyncio.Event | None = None
@@ -107,7 +107,7 @@ class SinkHost:
         ctx = multiprocessing.get_context("spawn")
         proc = ctx.Process(
             target=_host_main,
-            args=(child, self.log_level, self.log_json),  # the socket's fd is passed to the child as it starts
+            args=(child, self.log_level, self.log_format),  # the socket's fd is passed to the child as it starts
             name="iotgate-sinks",
             daemon=True,
         )
@@ -278,23 +278,12 @@ def _parts(rows: list[OutboxRow]) -> list[list[OutboxRow]]:
 
 
 # -- the sink process ---------------------------------------------------------------------------
-def _host_main(sock: socket.socket, log_level: str, log_json: bool | None) -> None:
+def _host_main(sock: socket.socket, log_level: str, log_format: str) -> None:
     """Entry point of the sink process (multiprocessing spawn)."""
-    from iotgate.logs import configure
-
-    configure(log_level, log_json)
-    # Ctrl-C and a service manager's SIGTERM reach the whole process group: the main process decides
-    # when delivery ends (after its last rounds) and closes the socket; this process then exits.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    start_child(log_level, log_format, HOST_NICE)
+    # A service manager's SIGTERM reaches the whole process group too: the main process decides when
+    # delivery ends (after its last rounds) and closes the socket; this process then exits.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    with contextlib.suppress(OSError):
-        os.nice(HOST_NICE)
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        pass
     asyncio.run(_serve(sock))
     sys.exit(0)
 
