@@ -166,3 +166,84 @@ async def test_the_wal_thread_copies_ingest_commits_into_the_database_file(tmp_p
         assert pages == sqlite_mod.WAL_AUTOCHECKPOINT_PAGES  # the writer copies only when that thread falls behind
     finally:
         await storage.close()
+
+
+async def test_a_row_committed_after_a_checkpoint_with_an_older_id_is_replayed_after_a_crash(
+    tmp_path: Path, no_timed_checkpoints: None
+) -> None:
+    """Device workers make message IDs in parallel: a report can commit after a checkpoint although
+    its ID is older than one the checkpoint covered. Recovery must still replay it."""
+    path = tmp_path / "db.sqlite"
+    storage = SqliteStorage(path)
+    await storage.open()
+    (dev,) = await devices(storage, 1)
+    early = prop(dev, 2000, t=2)  # its ID is made first (one worker) ...
+    late = prop(dev, 1000, t=1, h=1)  # ... this one's later (the other worker), but it commits first
+    assert early.message_id < late.message_id
+    await storage.write_batch([late])
+    await storage._write(storage._checkpoint)  # on the writer thread, like the timed ones
+    await storage.write_batch([early])
+    # no close(): a crash
+    reopened = SqliteStorage(path)
+    await reopened.open()
+    try:
+        assert await reopened.latest_values(dev) == {"t": (2, 2000), "h": (1, 1000)}
+        assert table_latest(path, dev) == {"t": ("2", 2000), "h": ("1", 1000)}
+    finally:
+        await reopened.close()
+        storage._reader_pool.shutdown()
+        storage._writer_pool.shutdown()
+
+
+async def test_rows_after_the_newest_rows_were_deleted_are_replayed_after_a_crash(
+    tmp_path: Path, no_timed_checkpoints: None
+) -> None:
+    """SQLite numbers a new row one past the largest rowid left: once a device with the newest rows
+    is deleted, the next rows reuse rowids the watermark covers unless it is lowered."""
+    path = tmp_path / "db.sqlite"
+    storage = SqliteStorage(path)
+    await storage.open()
+    dev, gone = await devices(storage, 2)
+    await storage.write_batch([prop(dev, 10, t=1)])
+    await storage.write_batch([prop(gone, 10, t=5), prop(gone, 11, t=6)])
+    await storage._write(storage._checkpoint)  # on the writer thread, like the timed ones
+    assert await storage.delete_device(gone)
+    await storage.write_batch([prop(dev, 20, t=2)])
+    # no close(): a crash
+    reopened = SqliteStorage(path)
+    await reopened.open()
+    try:
+        assert await reopened.latest_values(dev) == {"t": (2, 20)}
+        assert table_latest(path, dev) == {"t": ("2", 20)}
+    finally:
+        await reopened.close()
+        storage._reader_pool.shutdown()
+        storage._writer_pool.shutdown()
+
+
+async def test_a_database_with_message_id_watermarks_is_recovered_by_them(
+    tmp_path: Path, no_timed_checkpoints: None
+) -> None:
+    path = tmp_path / "db.sqlite"
+    storage = SqliteStorage(path)
+    await storage.open()
+    (dev,) = await devices(storage, 1)
+    first = prop(dev, 10, t=1)
+    await storage.write_batch([first])
+    await storage._write(storage._checkpoint)
+    await storage.write_batch([prop(dev, 20, t=2)])
+    with sqlite3.connect(path) as con:  # the meta keys an older version wrote at that checkpoint
+        con.execute("DELETE FROM meta WHERE key LIKE 'checkpoint-rowid:%'")
+        con.execute("INSERT INTO meta(key, value) VALUES('checkpoint:history', ?)", (str(first.message_id),))
+        con.execute("INSERT INTO meta(key, value) VALUES('checkpoint:messages', '0')")
+    reopened = SqliteStorage(path)
+    await reopened.open()
+    try:
+        assert table_latest(path, dev) == {"t": ("2", 20)}
+        with sqlite3.connect(path) as con:
+            keys = {r[0] for r in con.execute("SELECT key FROM meta WHERE key LIKE 'checkpoint%'")}
+        assert keys == {"checkpoint-rowid:history", "checkpoint-rowid:messages"}
+    finally:
+        await reopened.close()
+        storage._reader_pool.shutdown()
+        storage._writer_pool.shutdown()

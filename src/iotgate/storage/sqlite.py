@@ -100,8 +100,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         self._flushing_seen: dict[int, int] = {}
         self._checkpoint_at = 0.0
         self._checkpoint_rows: list[tuple] = []  # latest rows of the snapshot still to write
-        # newest history/messages message IDs the snapshot covers (IDs grow with time and are never
-        # reused, unlike rowids, which SQLite hands out again after the newest rows are deleted)
+        # newest history/messages rowids the snapshot covers (see _set_watermarks)
         self._checkpoint_marks: tuple[int, int] = (0, 0)
 
     # -- plumbing -------------------------------------------------------------------------
@@ -461,6 +460,7 @@ class SqliteStorage(ForwardSqlite, Storage):
             self._checkpoint_rows = [r for r in self._checkpoint_rows if r[0] != device_id]
             for table in ("history", "latest", "messages", "device_seen"):
                 c.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
+            self._keep_watermarks_below_new_rows(c)
             c.execute(
                 "INSERT INTO registry_events(device_id, change, at) VALUES(?, 'deleted', ?)",
                 (device_id, now_ms()),
@@ -610,7 +610,7 @@ class SqliteStorage(ForwardSqlite, Storage):
                 for key, (value, ts, message_id) in per_identifier(pending).items()
             ]
             # batches committed from now on are not in the snapshot: the watermark stops here
-            self._checkpoint_marks = (self._newest_id(con, "history"), self._newest_id(con, "messages"))
+            self._checkpoint_marks = (self._newest_row(con, "history"), self._newest_row(con, "messages"))
         chunk = self._checkpoint_rows[:CHECKPOINT_ROWS]
         last = len(self._checkpoint_rows) <= CHECKPOINT_ROWS
         try:
@@ -661,27 +661,48 @@ class SqliteStorage(ForwardSqlite, Storage):
                 self._dirty_seen[device] = at
 
     @staticmethod
-    def _newest_id(con: sqlite3.Connection, table: str) -> int:
-        return int(con.execute(f"SELECT COALESCE(MAX(message_id), 0) FROM {table}").fetchone()[0])
+    def _newest_row(con: sqlite3.Connection, table: str) -> int:
+        return int(con.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
 
     @staticmethod
     def _set_watermarks(con: sqlite3.Connection, history: int, messages: int) -> None:
-        for table, message_id in (("history", history), ("messages", messages)):
+        """The newest history/messages rowids the `latest`/`device_seen` tables cover. Rowids, not
+        message IDs: SQLite numbers new rows in commit order, while message IDs come from several
+        processes (device workers) and reach the writer out of order, so a row committed just after
+        a snapshot may have an older ID than one in it."""
+        for table, rowid in (("history", history), ("messages", messages)):
             con.execute(
                 "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (f"checkpoint:{table}", str(message_id)),
+                (f"checkpoint-rowid:{table}", str(rowid)),
             )
+            con.execute("DELETE FROM meta WHERE key=?", (f"checkpoint:{table}",))  # message-ID marks of old
+
+    def _keep_watermarks_below_new_rows(self, con: sqlite3.Connection) -> None:
+        """After deleting rows (inside that transaction, writer thread): SQLite numbers a new row one
+        past the largest rowid left, so once the newest rows are gone, later rows could get rowids
+        at or below a watermark and would not be replayed after a crash. Lower it to the newest row."""
+        history, messages = self._newest_row(con, "history"), self._newest_row(con, "messages")
+        self._checkpoint_marks = (min(self._checkpoint_marks[0], history), min(self._checkpoint_marks[1], messages))
+        stored = dict(con.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint-rowid:%'").fetchall())
+        if "checkpoint-rowid:history" in stored:
+            old_history, old_messages = (int(stored.get(f"checkpoint-rowid:{t}", 0)) for t in ("history", "messages"))
+            if history < old_history or messages < old_messages:
+                self._set_watermarks(con, min(history, old_history), min(messages, old_messages))
 
     def _recover(self, con: sqlite3.Connection) -> None:
         """Rebuild latest values and last-seen times committed after the last checkpoint (a crash)."""
-        marks = dict(con.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint:%'").fetchall())
-        if "checkpoint:history" not in marks:  # new database, or one whose tables were kept per commit
-            history, messages = self._newest_id(con, "history"), self._newest_id(con, "messages")
+        marks = dict(con.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint%'").fetchall())
+        if "checkpoint-rowid:history" in marks:
+            column, prefix = "rowid", "checkpoint-rowid"
+        elif "checkpoint:history" in marks:  # written by a version that marked message IDs
+            column, prefix = "message_id", "checkpoint"
+        else:  # new database, or one whose tables were kept per commit
+            history, messages = self._newest_row(con, "history"), self._newest_row(con, "messages")
             self._tx(con, lambda c: self._set_watermarks(c, history, messages))
             return
         for device, ts, data, message_id in con.execute(
-            "SELECT device_id, ts, data, message_id FROM history WHERE message_id > ? ORDER BY message_id",
-            (int(marks["checkpoint:history"]),),
+            f"SELECT device_id, ts, data, message_id FROM history WHERE {column} > ? ORDER BY {column}",
+            (int(marks[f"{prefix}:history"]),),
         ):
             values = _json_decode(data)
             received = (message_id >> (NODE_BITS + SEQ_BITS)) + EPOCH_MS  # a message ID holds its receive time
@@ -698,8 +719,8 @@ class SqliteStorage(ForwardSqlite, Storage):
                 ]
             )
         for device, received in con.execute(
-            "SELECT device_id, received_at FROM messages WHERE message_id > ? AND kind != 'rejected'",
-            (int(marks.get("checkpoint:messages", 0)),),
+            f"SELECT device_id, received_at FROM messages WHERE {column} > ? AND kind != 'rejected'",
+            (int(marks.get(f"{prefix}:messages", 0)),),
         ):
             if self._dirty_seen.get(device, 0) < received:
                 self._dirty_seen[device] = received
@@ -817,7 +838,13 @@ class SqliteStorage(ForwardSqlite, Storage):
             self._expire_cursor = 0  # the pass over all devices is complete
             return deleted, False
 
-        return await self._write(lambda c: self._tx(c, run))
+        def run_marked(c: sqlite3.Connection) -> tuple[int, bool]:
+            deleted, more = run(c)
+            if deleted:
+                self._keep_watermarks_below_new_rows(c)
+            return deleted, more
+
+        return await self._write(lambda c: self._tx(c, run_marked))
 
 
 # A device's latest values not yet checkpointed: one whole report (values, ts, message_id) while
