@@ -153,14 +153,15 @@ async def test_the_wal_thread_copies_ingest_commits_into_the_database_file(tmp_p
     await storage.open()
     try:
         (dev,) = await devices(storage, 1)
-        for ts in range(sqlite_mod.WAL_CHECKPOINT_COMMITS):
-            await storage.write_batch([prop(dev, ts, a=ts), prop(dev, ts, b=ts)])
+        rows = sqlite_mod.WAL_CHECKPOINT_ROWS // 2  # two commits
+        for ts in range(2):
+            await storage.write_batch([prop(dev, ts, a=i) for i in range(rows)])
         # the checkpoint queued by the last commit has run once a later task on the WAL thread has
         await asyncio.get_running_loop().run_in_executor(None, lambda: storage._wal_pool.submit(lambda: None).result())
         shutil.copy(path, tmp_path / "file-only.sqlite")  # without the -wal file: only what was copied
         with sqlite3.connect(tmp_path / "file-only.sqlite") as con:
             count = con.execute("SELECT COUNT(*) FROM history WHERE device_id=?", (dev,)).fetchone()[0]
-            assert count == 2 * sqlite_mod.WAL_CHECKPOINT_COMMITS
+            assert count == 2 * rows
         assert storage._writer is not None
         pages = storage._writer.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
         assert pages == sqlite_mod.WAL_AUTOCHECKPOINT_PAGES  # the writer copies only when that thread falls behind
