@@ -1,9 +1,9 @@
-"""SQLite's writer: in-memory latest values and the WAL.
+"""SQLite's writer: in-memory latest values, their checkpoint watermarks and the WAL.
 
-A report that supersedes a device's pending latest values replaces them whole; anything else is
-folded property by property. Either way the result is the newest value per property (of equal
-times, the later commit), before a checkpoint, after it and after a crash. Committed WAL pages
-reach the database file through a thread of their own."""
+Latest values are the newest value per property (of equal times, the later commit), before a
+checkpoint, after it and after a crash, also for rows that commit after a checkpoint with an older
+message ID (device workers make IDs in parallel). Committed WAL pages reach the database file
+through a thread of their own."""
 
 from __future__ import annotations
 
