@@ -17,10 +17,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from iotgate.framing import FramedProtocol
 from iotgate.ingest import remote
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.pipeline import Ingestor, ShuttingDown
-from iotgate.ingest.remote import CommitFailed, IngestHub, IngestLink, _Framer
+from iotgate.ingest.remote import CommitFailed, IngestHub, IngestLink
 from iotgate.storage.base import Record
 from iotgate.storage.sqlite import SqliteStorage
 
@@ -45,7 +46,7 @@ def stored_ids(path: Path) -> list[int]:
         return [r[0] for r in con.execute("SELECT message_id FROM history ORDER BY message_id")]
 
 
-class Collector(_Framer):
+class Collector(FramedProtocol):
     def __init__(self) -> None:
         super().__init__()
         self.frames: list[bytes] = []

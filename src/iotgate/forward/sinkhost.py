@@ -8,7 +8,7 @@ counters, retries, dead letters, per-device order (`worker.TargetWorker`) - and 
 rows to this process, which only turns rows into outcomes: for each device, how many arrived and the
 error that stopped it, exactly what a sink's `send_round` returns in-process.
 
-One Unix socketpair, length-prefixed msgpack frames (the ingest link's framing): main -> host
+One Unix socketpair, length-prefixed msgpack frames (iotgate.framing, as the ingest link): main -> host
 `SendRound` / `CloseSink`, host -> main `Reply`. If the host dies mid-round, that round's rows count
 as possibly sent (delivered again, counted as `redelivered`) and the main process starts a new host.
 """
@@ -30,7 +30,7 @@ import msgspec
 from iotgate.forward.rows import OutboxRow
 from iotgate.forward.sinks import DeliveryError, Sink, make_sink
 from iotgate.forward.targets import TargetSpec
-from iotgate.ingest.remote import _Framer
+from iotgate.framing import FramedProtocol
 from iotgate.processes import start_child
 
 log = logging.getLogger("iotgate.forward")
@@ -176,7 +176,7 @@ class SinkHost:
                 await asyncio.get_running_loop().run_in_executor(None, proc.join, 5)
 
 
-class _HostLink(_Framer):
+class _HostLink(FramedProtocol):
     _encode = msgspec.msgpack.Encoder().encode
     _decode = msgspec.msgpack.Decoder(Reply).decode
 
@@ -296,7 +296,7 @@ async def _serve(sock: socket.socket) -> None:
     await server.close_all()
 
 
-class _SinkServer(_Framer):
+class _SinkServer(FramedProtocol):
     _encode = msgspec.msgpack.Encoder().encode
     _decode = msgspec.msgpack.Decoder(Request).decode
 

@@ -26,14 +26,13 @@ from collections.abc import Callable
 
 import msgspec
 
+from iotgate.framing import FramedProtocol
 from iotgate.ingest.pipeline import EAGER_BATCH, Ingestor, OutboxSource, ShuttingDown
 from iotgate.storage.base import Record
 
 log = logging.getLogger("iotgate.ingest")
 
-_LENGTH = struct.Struct(">I")
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-MAX_FRAME = 256 * 1024 * 1024  # sanity bound, far above FRAME_BYTES plus one request
 CommitHook = Callable[[list[Record]], None]
 # Frames a worker has sent and not yet heard back about. While that many are out, new records wait
 # for an answer: fewer, larger frames (each costs a write and a read in both processes: ~20 % of a
@@ -48,53 +47,6 @@ ANSWER_TIMEOUT_S = 60.0  # a frame unanswered this long closes the link (see Ing
 
 class CommitFailed(Exception):
     """The main process could not commit a batch (its database error, as text)."""
-
-
-class _Framer(asyncio.Protocol):
-    """Length-prefixed frames in both directions."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def data_received(self, data: bytes) -> None:
-        # Frames are decoded straight from the bytes received (memoryview slices, no copies: a
-        # gateway frame is tens of KB); only an incomplete tail is kept for the next read.
-        buffered = bool(self._buffer)
-        if buffered:
-            self._buffer += data
-        source: bytes | bytearray = self._buffer if buffered else data
-        start, end = 0, len(source)
-        with memoryview(source) as view:
-            while end - start >= 4 and not (self.transport is not None and self.transport.is_closing()):
-                (size,) = _LENGTH.unpack_from(view, start)
-                if size > MAX_FRAME:
-                    log.error("ingest link: frame of %d bytes refused; closing", size)
-                    assert self.transport is not None
-                    self.transport.close()
-                    return
-                if end - start - 4 < size:
-                    break
-                with view[start + 4 : start + 4 + size] as frame:
-                    self.frame_received(frame)
-                start += 4 + size
-            if start == end:
-                tail = bytearray()
-            elif start == 0 and buffered:
-                return  # still one incomplete frame: keep the buffer as it is
-            else:
-                tail = bytearray(view[start:])
-        self._buffer = tail
-
-    def send(self, body: bytes) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_LENGTH.pack(len(body)) + body)
-
-    def frame_received(self, frame: memoryview) -> None:
-        raise NotImplementedError
 
 
 # -- main process -------------------------------------------------------------------------------
@@ -128,7 +80,7 @@ class IngestHub:
                     os.rmdir(os.path.dirname(self.path))
 
 
-class _HubConnection(_Framer):
+class _HubConnection(FramedProtocol):
     _decode = msgspec.msgpack.Decoder(tuple[int, list[Record]]).decode
     _encode = msgspec.msgpack.Encoder().encode
 
@@ -184,7 +136,7 @@ def _peer_uid(transport: asyncio.BaseTransport) -> int | None:
 
 
 # -- device worker ------------------------------------------------------------------------------
-class IngestLink(_Framer):
+class IngestLink(FramedProtocol):
     """The worker side: the `Ingestor` interface DeviceCore uses, committing in the main process."""
 
     _decode = msgspec.msgpack.Decoder(tuple[int, str]).decode
