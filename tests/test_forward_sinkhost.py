@@ -25,23 +25,11 @@ from iotgate.forward.sinkhost import RemoteSink, SinkHost
 from iotgate.forward.targets import parse_target
 from test_forward_e2e import MODEL, QUICK, create_rule, per_device, stats
 from test_forward_receiver import WebhookReceiver, wait_for
+from test_forward_storage import row as outbox_row
 
 
-def row(device: int, n: int, target: int = 7) -> OutboxRow:
-    return OutboxRow(
-        id=n,
-        target_id=target,
-        device_id=device,
-        message_id=1000 + n,
-        product_key="pk",
-        device_name=f"dev-{device}",
-        source="property",
-        identifier="property",
-        topic="/t",
-        content_type="application/json",
-        body=json.dumps({"n": n}).encode(),
-        created_at=0,
-    )
+def row(device: int, n: int) -> OutboxRow:
+    return outbox_row(7, device, n)  # body {"m": n}
 
 
 def spawned_children(pid: int) -> list[int]:
@@ -66,7 +54,7 @@ async def test_rounds_go_through_the_sink_process_and_survive_its_death() -> Non
 
         outcomes = await sink.send_round([[row(1, 1), row(1, 2)], [row(2, 3)]])
         assert [(done, err) for done, err in outcomes] == [(2, None), (1, None)]
-        got = [json.loads(b)["n"] for _, b in receiver.records]
+        got = [json.loads(b)["m"] for _, b in receiver.records]
         assert sorted(got) == [1, 2, 3] and got.index(1) < got.index(2)  # devices in parallel, each in order
         assert all(h["x-iotgate-rule-id"] == "3" for h, _ in receiver.records)
 
@@ -107,7 +95,7 @@ async def test_rounds_go_through_the_sink_process_and_survive_its_death() -> Non
 
 
 async def test_large_rounds_go_in_parts_in_device_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sinkhost, "ROUND_BYTES", 20)  # each body is 8-9 bytes: two rows per part
+    monkeypatch.setattr(sinkhost, "ROUND_BYTES", 16)  # each body is 7-8 bytes: two rows per part
     receiver = WebhookReceiver().start()
     host = SinkHost("warning")
     try:
@@ -115,7 +103,7 @@ async def test_large_rounds_go_in_parts_in_device_order(monkeypatch: pytest.Monk
         sink = RemoteSink(host, parse_target({"type": "webhook", "url": receiver.url}, "t"), 7, 3, 4)
         devices = [[row(1, n) for n in range(1, 6)], [row(2, n) for n in range(10, 13)]]
         assert await sink.send_round(devices) == [(5, None), (3, None)]
-        assert [json.loads(b)["n"] for _, b in receiver.records] == [1, 2, 3, 4, 5, 10, 11, 12]
+        assert [json.loads(b)["m"] for _, b in receiver.records] == [1, 2, 3, 4, 5, 10, 11, 12]
         receiver.status = 500
         [(done, err)] = await sink.send_round([[row(3, n) for n in range(20, 25)]])
         assert done == 0 and err is not None and "HTTP 500" in str(err)
