@@ -87,7 +87,6 @@ class SinkHost:
         self.log_format = log_format
         self.proc: BaseProcess | None = None
         self._link: _HostLink | None = None
-        self._ready: asyncio.Event | None = None
         self._seq = 0
         self._stopping = False
         self._supervisor: asyncio.Task[None] | None = None
@@ -98,7 +97,6 @@ class SinkHost:
 
     async def start(self) -> None:
         if self._supervisor is None:
-            self._ready = asyncio.Event()
             await self._spawn()
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="forward-sinks")
 
@@ -118,8 +116,6 @@ class SinkHost:
         loop = asyncio.get_running_loop()
         _, link = await loop.create_unix_connection(lambda: _HostLink(self), sock=parent)
         self.proc, self._link = proc, link
-        assert self._ready is not None
-        self._ready.set()
         log.info("forwarding sinks run in process %d", proc.pid)
 
     async def _supervise(self) -> None:
@@ -142,8 +138,6 @@ class SinkHost:
 
     def _lost(self) -> None:
         link, self._link = self._link, None
-        if self._ready is not None:
-            self._ready.clear()
         if link is not None:
             link.fail_all(HostLost("the forwarding sink process exited", True))
             if link.transport is not None:
