@@ -149,7 +149,7 @@ async def test_outbox_commits_with_its_batch_and_counters_add_up(store: Storage)
     assert adds_up(s)
 
     # 2 times out (unknown outcome), 3 is skipped (device order): only 2's try stays counted
-    settle = Settlement(now=NOW + 1, failed=[(rest[0].id, 0, "timeout")], skipped=[rest[1].id], error="timeout")
+    settle = Settlement(now=NOW + 1, failed=[(rest[0].id, 0, "timeout")], error="timeout")
     again = await store.forward_cycle(tid, 0, settle, 10)
     assert [(r.message_id, r.tries, r.failures) for r in again] == [(2, 2, 1), (3, 0, 0)]
     assert again[0].maybe_delivered_before and not again[1].maybe_delivered_before
@@ -228,7 +228,6 @@ async def test_unsure_rows_wait_again_and_count_as_possible_duplicates(store: St
         delivered=[first[0].id],
         failed=[(first[1].id, 0, "no PUBACK")],
         unsure=[first[2].id],
-        skipped=[first[3].id],
         error="no PUBACK",
     )
     again = await store.forward_cycle(tid, 0, settle, 10)

@@ -82,7 +82,6 @@ class Settlement(msgspec.Struct, kw_only=True):
     delivered: list[int] = msgspec.field(default_factory=list)
     redelivered: int = 0  # of delivered: an earlier attempt may also have arrived
     failed: list[tuple[int, int, str]] = msgspec.field(default_factory=list)  # (id, known_failure 0/1, error)
-    skipped: list[int] = msgspec.field(default_factory=list)  # claimed but not sent (device order): no write
     unsure: list[int] = msgspec.field(default_factory=list)  # sent after a failed one (pipelined): send again
     dead: list[int] = msgspec.field(default_factory=list)  # of failed: move to the dead-letter store
     error: str = ""  # the target's latest error ("" when none in this round)

@@ -192,8 +192,7 @@ class TargetWorker:
             if self.dead_after_ms and now - started >= self.dead_after_ms:
                 settle.dead.append(failed.id)
             sent = done + 1 + error.sent_after
-            settle.unsure.extend(r.id for r in device_rows[done + 1 : sent])
-            settle.skipped.extend(r.id for r in device_rows[sent:])
+            settle.unsure.extend(r.id for r in device_rows[done + 1 : sent])  # the rest wait, untouched
         if errors:
             settle.error = errors[-1]
         return settle
