@@ -49,7 +49,7 @@ def delete_target_rows(target_id: int) -> list[tuple[str, tuple[object, ...]]]:
     return [
         ("DELETE FROM forward_outbox WHERE target_id=?", (target_id,)),
         ("DELETE FROM forward_dead_letters WHERE target_id=?", (target_id,)),
-        ("DELETE FROM meta WHERE key LIKE ?", (f"forward:claimed:{target_id}:%",)),
+        ("DELETE FROM meta WHERE key LIKE ?", (claim_mark_key(target_id, "%"),)),
         ("DELETE FROM forward_targets WHERE id=?", (target_id,)),
     ]
 
@@ -64,18 +64,17 @@ COUNT_MATCHED = "UPDATE forward_targets SET matched=matched+?, filtered=filtered
 # The highest ID claimed is kept per target and node (CLAIM_MARK, one row per round instead of a
 # write per message): after a crash, rows up to it may have been sent already (`redelivered`).
 CLAIM = f"SELECT {CLAIM_COLS} FROM forward_outbox WHERE target_id=? AND node_id=? ORDER BY id LIMIT ?"
-CLAIM_MARK = SET_REV
-
-
+CLAIM_MARK = SET_REV  # meta key claim_mark_key(target, node)
 CLAIM_MARKS = "SELECT key, value FROM meta WHERE key LIKE ?"
 
 
-def claim_mark_key(target_id: int, node_id: int) -> str:
+def claim_mark_key(target_id: int | str, node_id: int | str) -> str:
+    """The meta key of a target's claim mark on a node; with "%" for either, a LIKE pattern."""
     return f"forward:claimed:{target_id}:{node_id}"
 
 
 def claim_marks_pattern(node_id: int) -> str:
-    return f"forward:claimed:%:{node_id}"
+    return claim_mark_key("%", node_id)
 
 
 def claim_marks(rows: list[Any]) -> dict[int, int]:
