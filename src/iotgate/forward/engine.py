@@ -293,20 +293,18 @@ class Forwarder:
     async def refresh_metrics(self) -> None:
         """Read every target's counters for `/metrics` (called when it is scraped): `metric_stats`."""
         names = {rule_id: rule.row.name for rule_id, rule in self._rules.items()}
-        kinds = {tid: w.kind for tid, w in self._workers.items()}
         self.metric_stats = [
-            {
-                "rule": names.get(s.rule_id, str(s.rule_id)),
-                "ruleId": s.rule_id,
-                **self._stats_json(s, kinds.get(s.target_id)),
-            }
-            for s in await self.storage.forward_stats(None)
+            {"rule": names.get(s.rule_id, str(s.rule_id)), "ruleId": s.rule_id, **doc}
+            for s, doc in await self._every_target_stats()
         ]
 
     async def all_target_stats(self) -> list[dict[str, Any]]:
         """Counters of every target (one consistent read)."""
+        return [doc for _, doc in await self._every_target_stats()]
+
+    async def _every_target_stats(self) -> list[tuple[TargetStats, dict[str, Any]]]:
         kinds = {tid: w.kind for tid, w in self._workers.items()}
-        return [self._stats_json(s, kinds.get(s.target_id)) for s in await self.storage.forward_stats(None)]
+        return [(s, self._stats_json(s, kinds.get(s.target_id))) for s in await self.storage.forward_stats(None)]
 
     def _stats_json(self, s: TargetStats, kind: Any) -> dict[str, Any]:
         worker = self._workers.get(s.target_id)
