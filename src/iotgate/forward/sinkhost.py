@@ -22,8 +22,8 @@ import multiprocessing
 import signal
 import socket
 import sys
+from collections.abc import Callable
 from multiprocessing.process import BaseProcess
-from typing import Any
 
 import msgspec
 
@@ -143,7 +143,7 @@ class SinkHost:
             if link.transport is not None:
                 link.transport.close()
 
-    async def request(self, make: Any) -> Reply:
+    async def request(self, make: Callable[[int], SendRound | CloseSink]) -> Reply:
         """Send the frame `make(seq)` and wait for its reply. HostLost when there is no host or it
         goes away before replying."""
         link = self._link
