@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -252,3 +253,25 @@ def pg_url() -> Iterator[str]:
         yield admin_url.rsplit("/", 1)[0] + "/" + name
     finally:
         _pg_exec(admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+# -- SQLite writer tests (test_storage_checkpoint, test_sqlite_latest_fold) ------------------------------
+def table_latest(path: Path, device: int) -> dict[str, tuple[str, int]]:
+    """The `latest` rows of a device as stored (value text, ts)."""
+    with sqlite3.connect(path) as con:
+        rows = con.execute("SELECT identifier, value, ts FROM latest WHERE device_id=?", (device,)).fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
+def abandon(storage: Any) -> None:
+    """After a simulated crash (a SqliteStorage never closed): stop its writer and reader threads."""
+    storage._reader_pool.shutdown()
+    storage._writer_pool.shutdown()
+
+
+@pytest.fixture
+def no_timed_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Checkpoints only when asked (close, recovery), so the test sees the in-memory state."""
+    from iotgate.storage import sqlite as sqlite_mod
+
+    monkeypatch.setattr(sqlite_mod, "CHECKPOINT_S", 1e9)

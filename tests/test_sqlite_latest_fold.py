@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from conftest import abandon, table_latest
 from iotgate.ingest.ids import MessageIds
 from iotgate.storage import sqlite as sqlite_mod
 from iotgate.storage.base import DeviceRow, ProductRow, Record
@@ -46,23 +47,12 @@ def newest(reports: list[Record]) -> dict[str, tuple[Any, int]]:
     return out
 
 
-def table_latest(path: Path, device: int) -> dict[str, tuple[str, int]]:
-    with sqlite3.connect(path) as con:
-        rows = con.execute("SELECT identifier, value, ts FROM latest WHERE device_id=?", (device,)).fetchall()
-    return {r[0]: (r[1], r[2]) for r in rows}
-
-
 async def devices(storage: SqliteStorage, n: int) -> list[int]:
     await storage.insert_product(
         ProductRow(product_key="pkFold00001", name="p", node_type="direct", data_format="alink-json", auth_type="x")
     )
     rows = [DeviceRow(id=0, product_key="pkFold00001", device_name=f"d{i}", secret="s") for i in range(n)]
     return [r.id for r in await storage.insert_devices(rows)]
-
-
-@pytest.fixture
-def no_timed_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite_mod, "CHECKPOINT_S", 1e9)
 
 
 # Each case: the reports of one device, committed one batch each (and once all in one batch).
@@ -102,8 +92,7 @@ async def test_latest_values_are_the_newest_per_property(
         assert table_latest(path, dev) == {k: (str(v), ts) for k, (v, ts) in expected.items()}
     finally:
         await reopened.close()
-        storage._reader_pool.shutdown()
-        storage._writer_pool.shutdown()
+        abandon(storage)
 
 
 async def test_reports_after_a_snapshot_overlay_it_and_a_failed_checkpoint_keeps_both(
@@ -192,8 +181,7 @@ async def test_a_row_committed_after_a_checkpoint_with_an_older_id_is_replayed_a
         assert table_latest(path, dev) == {"t": ("2", 2000), "h": ("1", 1000)}
     finally:
         await reopened.close()
-        storage._reader_pool.shutdown()
-        storage._writer_pool.shutdown()
+        abandon(storage)
 
 
 async def test_rows_after_the_newest_rows_were_deleted_are_replayed_after_a_crash(
@@ -218,8 +206,7 @@ async def test_rows_after_the_newest_rows_were_deleted_are_replayed_after_a_cras
         assert table_latest(path, dev) == {"t": ("2", 20)}
     finally:
         await reopened.close()
-        storage._reader_pool.shutdown()
-        storage._writer_pool.shutdown()
+        abandon(storage)
 
 
 async def test_a_database_with_message_id_watermarks_is_recovered_by_them(
@@ -246,5 +233,4 @@ async def test_a_database_with_message_id_watermarks_is_recovered_by_them(
         assert keys == {"checkpoint-rowid:history", "checkpoint-rowid:messages"}
     finally:
         await reopened.close()
-        storage._reader_pool.shutdown()
-        storage._writer_pool.shutdown()
+        abandon(storage)

@@ -7,12 +7,12 @@ storage opened after an unclean stop rebuilds the rest from history.
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
+from conftest import abandon, table_latest
 from iotgate.ingest.ids import MessageIds
 from iotgate.storage import sqlite as sqlite_mod
 from iotgate.storage.base import DeviceRow, ProductRow, Record
@@ -26,24 +26,12 @@ def prop(device: int, ts: int, **values: object) -> Record:
     return Record(message_id=IDS.next(), device_id=device, kind="property", ts=ts, received_at=now, values=values)
 
 
-def table_latest(path: Path, device: int) -> dict[str, tuple[str, int]]:
-    with sqlite3.connect(path) as con:
-        rows = con.execute("SELECT identifier, value, ts FROM latest WHERE device_id=?", (device,)).fetchall()
-    return {r[0]: (r[1], r[2]) for r in rows}
-
-
 async def make_device(storage: SqliteStorage) -> int:
     await storage.insert_product(
         ProductRow(product_key="pkCheckpt01", name="p", node_type="direct", data_format="alink-json", auth_type="x")
     )
     rows = await storage.insert_devices([DeviceRow(id=0, product_key="pkCheckpt01", device_name="dev1", secret="s")])
     return rows[0].id
-
-
-@pytest.fixture
-def no_timed_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Checkpoints only when asked (close, recovery), so the test sees the in-memory state."""
-    monkeypatch.setattr(sqlite_mod, "CHECKPOINT_S", 1e9)
 
 
 async def test_reads_see_values_before_the_checkpoint_and_the_newest_time_wins(
@@ -95,8 +83,7 @@ async def test_unclean_stop_rebuilds_latest_values_and_last_seen_from_history(
         assert (await reopened.last_seen())[dev] == message.received_at
     finally:
         await reopened.close()
-        crashed._reader_pool.shutdown()
-        crashed._writer_pool.shutdown()
+        abandon(crashed)
 
 
 async def test_checkpoint_in_small_steps_and_deleted_devices_are_not_written_back(
