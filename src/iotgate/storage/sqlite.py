@@ -44,6 +44,8 @@ from iotgate.storage.base import (
     RegistryEvent,
     Storage,
 )
+from iotgate.storage.history_index import MIGRATION as HISTORY_INDEX_MIGRATION
+from iotgate.storage.history_index import PROPERTY_HISTORY, HistoryIndex
 from iotgate.storage.migrations import MIGRATIONS, render
 
 T = TypeVar("T")
@@ -104,6 +106,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         self._checkpoint_rows: list[tuple] = []  # latest rows of the snapshot still to write
         # newest history/messages rowids the snapshot covers (see _set_watermarks)
         self._checkpoint_marks: tuple[int, int] = (0, 0)
+        self._history_index = HistoryIndex()  # written behind ingest (storage/history_index.py)
 
     # -- plumbing -------------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -154,6 +157,7 @@ class SqliteStorage(ForwardSqlite, Storage):
             self._writer = self._connect()
             if not self.follower:
                 self._migrate(self._writer)
+                self._history_index.open(self._writer)
                 self._recover(self._writer)
 
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, setup)
@@ -161,7 +165,7 @@ class SqliteStorage(ForwardSqlite, Storage):
     def _migrate(self, con: sqlite3.Connection) -> None:
         con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         done = {r[0] for r in con.execute("SELECT key FROM meta WHERE key LIKE 'migration:%'")}
-        for name, statements in MIGRATIONS:
+        for name, statements in [*MIGRATIONS, HISTORY_INDEX_MIGRATION]:
             if f"migration:{name}" in done:
                 continue
 
@@ -460,7 +464,8 @@ class SqliteStorage(ForwardSqlite, Storage):
             for pending in (self._dirty_latest, self._dirty_seen, self._flushing_latest, self._flushing_seen):
                 pending.pop(device_id, None)
             self._checkpoint_rows = [r for r in self._checkpoint_rows if r[0] != device_id]
-            for table in ("history", "latest", "messages", "device_seen"):
+            self._history_index.delete_device(c, device_id)
+            for table in ("latest", "messages", "device_seen"):
                 c.execute(f"DELETE FROM {table} WHERE device_id=?", (device_id,))
             self._keep_watermarks_below_new_rows(c)
             c.execute(
@@ -512,6 +517,8 @@ class SqliteStorage(ForwardSqlite, Storage):
                 self._checkpoint_at = time.monotonic()
             # one step, queued behind this batch on the writer thread; nobody waits for it
             self._writer_pool.submit(self._checkpoint_logged)
+        if self._history_index.due():
+            self._writer_pool.submit(self._index_step_logged)
 
     def _write_batch(self, con: sqlite3.Connection, records: list[Record], outbox: OutboxBatch | None = None) -> None:
         history, messages = history_and_messages(records)
@@ -579,6 +586,16 @@ class SqliteStorage(ForwardSqlite, Storage):
             self._checkpoint_step(self._writer)
         except sqlite3.Error as exc:  # retried with the next checkpoint; replayed from history on start
             log.warning("writing latest values failed: %s", exc)
+
+    def _index_step_logged(self) -> bool:
+        assert self._writer is not None
+        try:
+            return self._history_index.step(self._writer)
+        except sqlite3.Error as exc:  # the next pass indexes these rows; queries read them from the tail
+            log.warning("indexing history failed: %s", exc)
+            with contextlib.suppress(sqlite3.Error):
+                self._history_index.abort(self._writer)
+            return False
 
     def _checkpoint(self, con: sqlite3.Connection) -> None:
         """Write every pending latest value and last-seen time (writer thread)."""
@@ -670,6 +687,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         at or below a watermark and would not be replayed after a crash. Lower it to the newest row."""
         history, messages = self._newest_row(con, "history"), self._newest_row(con, "messages")
         self._checkpoint_marks = (min(self._checkpoint_marks[0], history), min(self._checkpoint_marks[1], messages))
+        self._history_index.keep_below(con, history)
         stored = dict(con.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint-rowid:%'").fetchall())
         if "checkpoint-rowid:history" in stored:
             old_history, old_messages = (int(stored.get(f"checkpoint-rowid:{t}", 0)) for t in ("history", "messages"))
@@ -735,11 +753,7 @@ class SqliteStorage(ForwardSqlite, Storage):
     ) -> list[tuple[int, Any]]:
         path = '$."' + identifier.replace('"', "") + '"'
         rows = await self._read(
-            lambda c: c.execute(
-                "SELECT ts, data -> ? AS v FROM history WHERE device_id=? AND ts>=? AND ts<=? AND v IS NOT NULL "
-                "ORDER BY ts DESC, message_id DESC LIMIT ?",
-                (path, device_id, since, until, limit),
-            ).fetchall()
+            lambda c: c.execute(PROPERTY_HISTORY, (path, device_id, since, until, limit)).fetchall()
         )
         return [(r[0], _json_decode(r[1])) for r in rows]
 
@@ -776,6 +790,9 @@ class SqliteStorage(ForwardSqlite, Storage):
 
     # -- housekeeping and retention ---------------------------------------------------------
     async def maintain(self, now: int) -> None:
+        # index the tail left by the last batches (passes are otherwise started by ingest batches)
+        while await self._write(lambda c: self._index_step_logged()):
+            pass
         cutoff = now - REGISTRY_EVENTS_KEEP_MS
         await self._write(
             lambda c: c.execute(
@@ -785,7 +802,7 @@ class SqliteStorage(ForwardSqlite, Storage):
             )
         )
 
-    _expire_cursor = 0  # history is walked device by device (index device_id, ts); resumes here
+    _expire_cursor = 0  # history is walked device by device (history_index); resumes here
 
     async def expire_step(self, cutoff_ms: int, max_rows: int) -> tuple[int, bool]:
         """Delete at most about max_rows old rows in one short write transaction, so ingest batches
@@ -800,6 +817,10 @@ class SqliteStorage(ForwardSqlite, Storage):
             ).rowcount
             if deleted >= max_rows:
                 return deleted, True
+            if self._expire_cursor == 0:  # once per pass: the tail is read by rowid, not per device
+                deleted += HistoryIndex.expire_tail(c, cutoff_ms, max_rows - deleted)
+                if deleted >= max_rows:
+                    return deleted, True
             ids = [
                 r[0]
                 for r in c.execute(
@@ -807,11 +828,10 @@ class SqliteStorage(ForwardSqlite, Storage):
                 ).fetchall()
             ]
             for device_id in ids:
-                deleted += c.execute(
-                    "DELETE FROM history WHERE rowid IN (SELECT rowid FROM history WHERE device_id=? AND ts<? LIMIT ?)",
-                    (device_id, cutoff_ms, max_rows - deleted),
-                ).rowcount
-                if deleted >= max_rows:  # this device may have more: resume with it
+                budget = max_rows - deleted
+                rows, entries = HistoryIndex.expire_device(c, device_id, cutoff_ms, budget)
+                deleted += rows
+                if entries >= budget:  # this device may have more: resume with it
                     self._expire_cursor = device_id - 1
                     return deleted, True
                 self._expire_cursor = device_id
