@@ -130,6 +130,8 @@ async def test_history_is_the_same_indexed_not_indexed_and_half_way(tmp_path: Pa
         await assert_history(storage, reports + later, devs)  # index and tail together
     finally:
         await storage.close()
+    rows, entries, mark, newest = index_state(tmp_path / "db.sqlite")
+    assert entries == rows and mark == newest  # a clean stop leaves nothing to index
 
 
 async def test_a_crash_in_the_middle_of_a_pass_loses_and_doubles_nothing(tmp_path: Path) -> None:

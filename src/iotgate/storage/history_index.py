@@ -99,6 +99,12 @@ class HistoryIndex:
             return True
         return self._move(con)
 
+    def catch_up(self, con: sqlite3.Connection) -> None:
+        """Index every committed row (a clean stop: no ingest any more)."""
+        newest = "SELECT COALESCE(MAX(rowid), 0) FROM history"
+        while self.step(con) or int(con.execute(newest).fetchone()[0]) > self.mark:
+            pass
+
     def _move(self, con: sqlite3.Connection) -> bool:
         split = con.execute(
             "SELECT device_id, ts, message_id FROM temp.history_stage ORDER BY 1, 2, 3 LIMIT 1 OFFSET ?",

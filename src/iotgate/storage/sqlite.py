@@ -188,6 +188,8 @@ class SqliteStorage(ForwardSqlite, Storage):
         if self._writer is not None and not self.follower:
             with contextlib.suppress(sqlite3.Error):
                 await self._write(self._checkpoint)
+            with contextlib.suppress(sqlite3.Error):  # the next start finds no tail to index
+                await self._write(self._history_index.catch_up)
         self._wal_pool.shutdown(wait=True)
         await asyncio.get_running_loop().run_in_executor(self._writer_pool, close_all)
         self._writer_pool.shutdown(wait=True)
