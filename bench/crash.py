@@ -325,6 +325,24 @@ async def stored_reports(data_dir: Path, database: str | None) -> list[tuple[str
     return [(name, int(json.loads(data)["seq"]), int(mid)) for name, mid, data in rows]
 
 
+def history_index_problems(data_dir: Path) -> list[str]:
+    """SQLite after a clean stop: every history row has its history_index entry, every entry its
+    row, and the mark covers them all (storage/history_index.py, written behind ingest)."""
+    with sqlite3.connect(data_dir / "iotgate.db") as con:
+        unindexed = con.execute(
+            "SELECT COUNT(*) FROM history h WHERE NOT EXISTS (SELECT 1 FROM history_index i "
+            "WHERE i.device_id = h.device_id AND i.ts = h.ts AND i.message_id = h.message_id)"
+        ).fetchone()[0]
+        dangling = con.execute(
+            "SELECT COUNT(*) FROM history_index i WHERE NOT EXISTS (SELECT 1 FROM history h WHERE h.message_id = i.message_id)"
+        ).fetchone()[0]
+        mark = con.execute("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'history-index-rowid'").fetchone()[0]
+        newest = con.execute("SELECT COALESCE(MAX(rowid), 0) FROM history").fetchone()[0]
+    problems = [f"{unindexed} history rows without an index entry"] if unindexed else []
+    problems += [f"{dangling} index entries without a history row"] if dangling else []
+    return problems + ([f"index mark {mark} below the newest row {newest}"] if mark < newest else [])
+
+
 @dataclass
 class Verdict:
     backend: str
@@ -338,13 +356,14 @@ class Verdict:
     duplicated: list[str]  # stored more than once
     wrong_id: list[str]  # stored under another message ID than the device was told
     restart_s: list[float]
+    index_problems: list[str] = field(default_factory=list)  # SQLite's history_index after the clean stop
     sigterm_exit: int | None = None
     sigterm_acked_during: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        clean = not (self.error_replies or self.missing or self.duplicated or self.wrong_id)
+        clean = not (self.error_replies or self.missing or self.duplicated or self.wrong_id or self.index_problems)
         return clean and self.sigterm_exit in (None, 0)
 
 
@@ -411,6 +430,8 @@ async def run(
             await loop.run_in_executor(None, server.terminate)
         verdict = judge(backend, kills, ledger, await stored_reports(server.data_dir, database))
         verdict.restart_s = [round(s, 2) for s in restarts]
+        if database is None:
+            verdict.index_problems = history_index_problems(server.data_dir)
         verdict.sigterm_exit = exit_code
         verdict.sigterm_acked_during = len(ledger.acked) - acked_before
         verdict.seconds = round(time.monotonic() - began, 1)
@@ -487,6 +508,7 @@ def report(v: Verdict) -> str:
         ("duplicated", v.duplicated),
         ("wrong id", v.wrong_id),
         ("errors", v.error_replies),
+        ("history index", v.index_problems),
     ):
         lines += [f"  {label}: {item}" for item in items[:5]]
     return "\n".join(lines)

@@ -57,7 +57,7 @@ class HistoryIndex:
 
     def __init__(self) -> None:
         self.mark = 0  # as stored in meta
-        self.started_at = time.monotonic()  # of the last pass
+        self.started_at = 0.0  # of the last pass; the first starts with the first batch (a crash's tail)
         self._target = 0  # the running pass indexes rows up to here (0: no pass running)
         self._staged = 0  # rows up to here are in temp.history_stage
 
