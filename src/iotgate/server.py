@@ -31,6 +31,7 @@ from iotgate.core import DeviceCore
 from iotgate.gateway.http import DeviceServer, ServerLimits
 from iotgate.gateway.router import DeviceRouter
 from iotgate.gateway.tls import ensure_self_signed, server_context
+from iotgate.gateway.tls_tickets import new_ticket_keys, set_ticket_keys
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.pipeline import Ingestor
 from iotgate.ingest.remote import IngestHub, IngestLink
@@ -81,6 +82,9 @@ class Platform:
         self.ingest_path = ingest_path
         self.ingest_hub: IngestHub | None = None
         self.worker_procs: list[BaseProcess] = []
+        # --workers N: one set of TLS session-ticket keys, made by the main process and given to every
+        # worker, so that a ticket from one worker resumes on the others (gateway/tls_tickets.py)
+        self.ticket_keys = b""
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         self.data_dir = settings.data_path
@@ -177,6 +181,12 @@ class Platform:
         self.ready = True
 
     def _tls_context(self) -> ssl.SSLContext | None:
+        ctx = self._new_tls_context()
+        if ctx is not None and self.ticket_keys:
+            set_ticket_keys(ctx, self.ticket_keys)
+        return ctx
+
+    def _new_tls_context(self) -> ssl.SSLContext | None:
         s = self.settings
         if s.device_plain_http:
             log.warning(
@@ -254,6 +264,7 @@ class Platform:
                     except OSError as exc:
                         raise OSError(exc.errno, f"device listener: {exc.strerror}") from None
         self._worker_settings = msgspec.structs.replace(s, device_port=port)
+        self.ticket_keys = self.ticket_keys or new_ticket_keys()  # a replaced worker gets the same ones
         try:
             for index in range(1, s.workers + 1):
                 self.worker_procs.append(self._spawn_worker(index))
@@ -274,7 +285,7 @@ class Platform:
         ready = ctx.Event()
         proc = ctx.Process(
             target=_worker_main,
-            args=(self._worker_settings, index, ready, self.ingest_path),
+            args=(self._worker_settings, index, ready, self.ingest_path, self.ticket_keys),
             name=f"iotgate-worker-{index}",
             daemon=True,  # terminated if this process exits without stopping them
         )
@@ -436,14 +447,14 @@ async def _until_ready(proc: BaseProcess, timeout: float = 120.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def _worker_main(settings: Settings, index: int, ready: Any, ingest_path: str = "") -> None:
+def _worker_main(settings: Settings, index: int, ready: Any, ingest_path: str = "", ticket_keys: bytes = b"") -> None:
     """Entry point of a device-worker process (multiprocessing spawn)."""
     # When cores are short, the main process (the SQLite writer, the admin API) gets the CPU first: a
     # commit that waits behind request handling holds up every device in its batch. Interleaved
     # alink-post runs: 11.9k vs 10.5k msgs/s (median of 4) with workers at nice +5 (docs/benchmarks.md).
     start_child(settings.log_level, settings.log_format, WORKER_NICE)  # the parent sends SIGTERM
     try:
-        asyncio.run(_serve_worker(settings, index, ready, ingest_path))
+        asyncio.run(_serve_worker(settings, index, ready, ingest_path, ticket_keys))
     except (OSError, ValueError) as exc:  # e.g. the port was taken after the parent's check
         log.error("device worker %d could not start: %s", index, exc)
         sys.exit(1)
@@ -459,8 +470,9 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 10, 10)
 
 
-async def _serve_worker(settings: Settings, index: int, ready: Any, ingest_path: str) -> None:
+async def _serve_worker(settings: Settings, index: int, ready: Any, ingest_path: str, ticket_keys: bytes) -> None:
     platform = Platform(settings, worker=index, ingest_path=ingest_path)
+    platform.ticket_keys = ticket_keys
     parent = os.getppid()
     await platform.start()
     tune_gc()
