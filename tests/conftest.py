@@ -263,6 +263,14 @@ def table_latest(path: Path, device: int) -> dict[str, tuple[str, int]]:
     return {r[0]: (r[1], r[2]) for r in rows}
 
 
+def property_report(message_id: int, device: int, ts: int, **values: Any) -> Any:
+    """A property report as the writer gets it (a storage.base.Record), received now."""
+    from iotgate.storage.base import Record
+
+    now = int(time.time() * 1000)
+    return Record(message_id=message_id, device_id=device, kind="property", ts=ts, received_at=now, values=values)
+
+
 def abandon(storage: Any) -> None:
     """After a simulated crash (a SqliteStorage never closed): stop its writer and reader threads."""
     storage._reader_pool.shutdown()

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import abandon
+from conftest import abandon, property_report
 from iotgate.ingest.ids import MessageIds
 from iotgate.storage import history_index
 from iotgate.storage.base import DeviceRow, ProductRow, Record
@@ -31,14 +31,7 @@ def passes_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def prop(device: int, ts: int, **values: Any) -> Record:
-    return Record(
-        message_id=IDS.next(),
-        device_id=device,
-        kind="property",
-        ts=ts,
-        received_at=int(time.time() * 1000),
-        values=values,
-    )
+    return property_report(IDS.next(), device, ts, **values)
 
 
 async def opened(path: Path, n_devices: int = 0) -> tuple[SqliteStorage, list[int]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from conftest import abandon, table_latest
+from conftest import abandon, property_report, table_latest
 from iotgate.ingest.ids import MessageIds
 from iotgate.storage import sqlite as sqlite_mod
 from iotgate.storage.base import DeviceRow, ProductRow, Record
@@ -26,14 +26,7 @@ IDS = MessageIds(9)
 
 
 def prop(device: int, ts: int, **values: Any) -> Record:
-    return Record(
-        message_id=IDS.next(),
-        device_id=device,
-        kind="property",
-        ts=ts,
-        received_at=int(time.time() * 1000),
-        values=values,
-    )
+    return property_report(IDS.next(), device, ts, **values)
 
 
 def newest(reports: list[Record]) -> dict[str, tuple[Any, int]]:

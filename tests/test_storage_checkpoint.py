@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import abandon, table_latest
+from conftest import abandon, property_report, table_latest
 from iotgate.ingest.ids import MessageIds
 from iotgate.storage import sqlite as sqlite_mod
 from iotgate.storage.base import DeviceRow, ProductRow, Record
@@ -22,8 +22,7 @@ IDS = MessageIds(7)
 
 
 def prop(device: int, ts: int, **values: object) -> Record:
-    now = int(time.time() * 1000)
-    return Record(message_id=IDS.next(), device_id=device, kind="property", ts=ts, received_at=now, values=values)
+    return property_report(IDS.next(), device, ts, **values)
 
 
 async def make_device(storage: SqliteStorage) -> int:
