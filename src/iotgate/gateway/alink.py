@@ -83,7 +83,8 @@ def _json_object(body: bytes, what: str) -> dict[str, Any]:
 
 
 def _topic_content_type(req: Request) -> str:
-    return req.headers.get("content-type", "application/octet-stream").split(";", 1)[0].strip().lower()
+    ctype = req.headers.get("content-type", "application/octet-stream")
+    return ctype if ctype in TOPIC_CONTENT_TYPES else ctype.split(";", 1)[0].strip().lower()
 
 
 def _time_ms(value: object, where: str) -> int | None:
@@ -342,6 +343,11 @@ def property_groups(params: object) -> list[tuple[int | None, dict[str, Any]]]:
     grouped by time."""
     if not isinstance(params, dict) or not params:
         raise AlinkError(PARAM_ERROR, "param error: params must be a non-empty object of property values")
+    for value in params.values():
+        if isinstance(value, dict):
+            break
+    else:  # the short form only (what the SDKs send): one group at server time, params as they came
+        return [(None, params)]
     groups: dict[int | None, dict[str, Any]] = {}
     for identifier, value in params.items():
         ts = None
