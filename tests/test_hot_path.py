@@ -172,3 +172,31 @@ async def test_rate_limited_alike(rig: Rig) -> None:
     assert bodies[0]["code"] == bodies[1]["code"] == 40000
     assert bodies[0]["message"].replace(fast, "*") == bodies[1]["message"].replace(full, "*")
     assert [r.values for r in rig.committed] == [{"humidity": 1}] * 6
+
+
+async def test_hot_path_successes_are_counted_and_logged_as_any_reply(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """metrics.device_ok (the hot path's count) adds to the same counter and writes the same
+    access-log line as device_reply, which classifies the path and the reply itself."""
+    alink = rig.alink(rig.names[1], {"humidity": 3})
+    iotda = rig.iotda(rig.names[1], [{"service_id": "default", "properties": {"humidity": 3}}])
+    success = Response(200, b'{"code":0,"message":"success","info":{"messageId":12}}')
+    metrics.set_access_log(True)
+    try:
+        for req, resp, key in (
+            (alink, success, metrics.ALINK_TOPIC_OK),
+            (iotda, Response(200, b""), metrics.IOTDA_REPORT_OK),
+        ):
+            lines = []
+            for count in (metrics.device_reply, lambda q, r, k=key: metrics.device_ok(q, r, k)):
+                caplog.clear()
+                before = dict(metrics.DEVICE_REQUESTS.values)
+                with caplog.at_level("INFO", logger="iotgate.access"):
+                    count(req, resp)
+                after = metrics.DEVICE_REQUESTS.values
+                assert {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)} == {key: 1}
+                lines.append([(r.getMessage(), r.__dict__["result"], r.__dict__["path"]) for r in caplog.records])
+            assert lines[0] == lines[1] and len(lines[0]) == 1
+    finally:
+        metrics.set_access_log(False)

@@ -190,7 +190,7 @@ class AlinkDialect:
         except RateLimited as exc:
             return reply(TOO_MANY, f"request too many: {exc}")
         futures, message_id = core.submit_groups([(report, groups)])
-        return Pending(futures, success(message_id))
+        return Pending(futures, success(message_id), metrics.ALINK_TOPIC_OK)
 
     async def topic(self, req: Request) -> Response:
         try:

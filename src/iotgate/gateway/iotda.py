@@ -193,7 +193,7 @@ class IotdaDialect:
             core.check_rate(device, product.rate_per_s)
         except RateLimited as exc:
             return error(403, RATE_LIMITED, f"Request reached the maximum rate limit: {exc}")
-        return Pending(core.submit_groups([(reports[0], groups)])[0], OK)
+        return Pending(core.submit_groups([(reports[0], groups)])[0], OK, metrics.IOTDA_REPORT_OK)
 
     async def handle(self, req: Request) -> Response:
         try:

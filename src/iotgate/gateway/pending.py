@@ -12,8 +12,9 @@ class Pending:
     (after COMMIT). Returned instead of a coroutine so that a report crosses one coroutine (the
     router's) on its way, not one per layer (router, dialect, core: ~0.3 µs each per request)."""
 
-    __slots__ = ("futures", "reply")
+    __slots__ = ("futures", "metric", "reply")
 
-    def __init__(self, futures: list[asyncio.Future[None]], reply: Response) -> None:
+    def __init__(self, futures: list[asyncio.Future[None]], reply: Response, metric: tuple[str, str, str]) -> None:
         self.futures = futures
         self.reply = reply
+        self.metric = metric  # the reply's (dialect, endpoint, result), as metrics.device_request counts it

@@ -63,8 +63,9 @@ class DeviceRouter:
                 if isinstance(step, Pending):  # the hot path: a report submitted without a coroutine
                     for fut in step.futures:
                         await fut
-                    resp = step.reply
-                elif isinstance(step, Response):
+                    metrics.device_ok(req, step.reply, step.metric)
+                    return step.reply
+                if isinstance(step, Response):
                     resp = step
                 else:
                     resp = await step
