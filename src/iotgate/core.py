@@ -6,11 +6,12 @@ map `iotgate.errors` back onto their own codes; nothing here knows either vendor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
 from iotgate import metrics
-from iotgate.auth.tokens import TokenError, TokenSigner
+from iotgate.auth.tokens import TokenClaims, TokenError, TokenSigner
 from iotgate.clock import now_ms
 from iotgate.config import Settings
 from iotgate.errors import (
@@ -102,15 +103,23 @@ class DeviceCore:
         except TokenError as exc:
             raise (TokenExpired if exc.expired else TokenInvalid)(str(exc)) from None
         info = self.registry.cached_info(claims.device_id) or await self.registry.info(claims.device_id)
-        if info is None:
-            raise TokenInvalid("the token's device no longer exists")
-        if not info.enabled:
-            raise TokenInvalid("the device is disabled")
-        if info.generation != claims.generation:
-            raise TokenInvalid("the token was revoked (device secret reset or device re-enabled)")
-        if grace_s is not None and claims.issued_ms < info.token_epoch_ms:
-            if now_ms() > info.token_epoch_ms + grace_s * 1000:
-                raise TokenExpired("the token was replaced by a newer one")
+        refusal = _token_refusal(claims, info, grace_s)
+        if refusal is not None:
+            raise refusal
+        assert info is not None  # _token_refusal: an unknown device is refused
+        return info
+
+    def cached_token_device(self, token: str, dialect: int, grace_s: int | None = None) -> DeviceInfo | None:
+        """The hot path's look at a token: its device when the token is valid and the device
+        cached, without a coroutine and without counting the check. None: anything else - then
+        device_for_token answers (and counts) it."""
+        try:
+            claims = self.signer.verify(token, dialect)
+        except TokenError:
+            return None
+        info = self.registry.cached_info(claims.device_id)
+        if info is None or _token_refusal(claims, info, grace_s) is not None:
+            return None
         return info
 
     def check_rate(self, device: DeviceInfo, rate: float | None = None) -> None:
@@ -162,6 +171,18 @@ class DeviceCore:
             raise ReportRejected("; ".join(i.message for i in issues), [_issue(i) for i in issues])
         return out
 
+    def accepted_groups(self, report: PropertyReport) -> list[tuple[int, dict[str, Any]]] | None:
+        """The hot path's validation, without a coroutine and without recording anything: the
+        accepted groups when the product's model is cached and every value is valid. None:
+        anything else - then report_properties answers (and records) it."""
+        model = self.registry.cached_model(report.device.product_key)
+        if model is None:
+            return None
+        try:
+            return self._validate(model, report, now_ms())
+        except ReportRejected:
+            return None
+
     async def report_properties(self, report: PropertyReport) -> int:
         """Validate, commit, and return the message ID. Rejections are recorded, then raised."""
         model = self.registry.cached_model(report.device.product_key)
@@ -196,6 +217,16 @@ class DeviceCore:
         return await self._commit_groups(accepted)
 
     async def _commit_groups(self, items: list[tuple[PropertyReport, list[tuple[int, dict[str, Any]]]]]) -> int:
+        futures, message_id = self.submit_groups(items)
+        for fut in futures:
+            await fut
+        return message_id
+
+    def submit_groups(
+        self, items: list[tuple[PropertyReport, list[tuple[int, dict[str, Any]]]]]
+    ) -> tuple[list[asyncio.Future[None]], int]:
+        """Hand accepted groups to the ingest queue: (the futures that resolve after COMMIT, the
+        first record's message ID). The caller awaits every future before telling the device."""
         received = now_ms()
         next_id = self.ids.next
         records = [
@@ -213,9 +244,7 @@ class DeviceCore:
             for ts, values in groups
         ]
         # one request's records go into one batch (one transaction), not split by an early commit
-        for fut in self.ingestor.submit_many(records):
-            await fut
-        return records[0].message_id if records else 0
+        return self.ingestor.submit_many(records), records[0].message_id if records else 0
 
     async def report_event(
         self,
@@ -292,6 +321,22 @@ class DeviceCore:
         for r in records:
             if r.kind != "rejected" and seen.get(r.device_id, 0) < r.received_at:
                 seen[r.device_id] = r.received_at
+
+
+def _token_refusal(
+    claims: TokenClaims, info: DeviceInfo | None, grace_s: int | None
+) -> TokenInvalid | TokenExpired | None:
+    """Why a token with a valid MAC does not speak for `info` (its device, None: gone), or None."""
+    if info is None:
+        return TokenInvalid("the token's device no longer exists")
+    if not info.enabled:
+        return TokenInvalid("the device is disabled")
+    if info.generation != claims.generation:
+        return TokenInvalid("the token was revoked (device secret reset or device re-enabled)")
+    if grace_s is not None and claims.issued_ms < info.token_epoch_ms:
+        if now_ms() > info.token_epoch_ms + grace_s * 1000:
+            return TokenExpired("the token was replaced by a newer one")
+    return None
 
 
 def _rules(rejected: ReportRejected) -> list[str]:

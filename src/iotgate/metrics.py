@@ -182,23 +182,42 @@ def device_request(path: str, resp: Response) -> str:
     return result
 
 
+# (dialect, endpoint, result) of the hot path's successes (gateway/pending.Pending), as
+# device_request classifies them: counted without classifying the path and the reply again
+ALINK_TOPIC_OK = ("alink", "topic", "0")
+IOTDA_REPORT_OK = ("iotda", "properties/report", "200")
+
+
+def device_ok(req: Request, resp: Response, key: tuple[str, str, str]) -> None:
+    """device_reply for a success whose key the caller knows (ALINK_TOPIC_OK, IOTDA_REPORT_OK)."""
+    _requests[key] = _requests.get(key, 0) + 1
+    if _access is not None:
+        _log_access(req, resp, key[2])
+
+
 def device_reply(req: Request, resp: Response) -> None:
     """Count an answered device request and log it when it was refused (one line, no secrets)."""
     path = req.path
     result = device_request(path, resp)
     if _access is not None:
-        _access.info(
-            "%s %s %d %s",
-            req.client or "-",
-            clean(path, 200),
-            resp.status,
-            result,
-            extra={"client": req.client, "path": clean(path, 200), "status": resp.status, "result": result},
-        )
+        _log_access(req, resp, result)
     if result == "0" or (resp.status == 200 and not resp.body.startswith(b'{"code":')):
         return
     dialect, endpoint = classify(path)
     log_rejection(dialect, endpoint, _device_of(req, dialect, endpoint), result, _reason(resp), req.client)
+
+
+def _log_access(req: Request, resp: Response, result: str) -> None:
+    assert _access is not None
+    path = clean(req.path, 200)
+    _access.info(
+        "%s %s %d %s",
+        req.client or "-",
+        path,
+        resp.status,
+        result,
+        extra={"client": req.client, "path": path, "status": resp.status, "result": result},
+    )
 
 
 _access: logging.Logger | None = None

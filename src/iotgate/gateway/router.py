@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable
 
 from iotgate import metrics
 from iotgate.core import DeviceCore
 from iotgate.gateway import alink, iotda
 from iotgate.gateway.http import Request, Response
+from iotgate.gateway.pending import Pending
 from iotgate.ingest.pipeline import ShuttingDown
 
 log = logging.getLogger("iotgate.gateway")
@@ -56,26 +58,35 @@ class DeviceRouter:
 
     async def handle(self, req: Request) -> Response:
         try:
-            resp = await self._route(req)
+            try:
+                step = self._route(req)
+                if isinstance(step, Pending):  # the hot path: a report submitted without a coroutine
+                    for fut in step.futures:
+                        await fut
+                    metrics.device_ok(req, step.reply, step.metric)
+                    return step.reply
+                if isinstance(step, Response):
+                    resp = step
+                else:
+                    resp = await step
+            except ShuttingDown:
+                resp = self.failure(req.path)
         except Exception:
             metrics.device_reply(req, self.failure(req.path))
             raise
         metrics.device_reply(req, resp)
         return resp
 
-    async def _route(self, req: Request) -> Response:
+    def _route(self, req: Request) -> Response | Pending | Awaitable[Response]:
         path = req.path
         if req.method != b"POST":
             if _is_iotda(path):
                 return iotda.error(405, "IOTDA.000006", f"Invalid input data: {req.method.decode()} is not allowed")
             return Response(405, alink.reply(alink.PARAM_ERROR, "param error: only POST is supported").body)
-        try:
-            if path == "/auth":
-                return await self.alink.auth(req)
-            if path.startswith("/topic/"):
-                return await self.alink.topic(req)
-            if _is_iotda(path):
-                return await self.iotda.handle(req)
-        except ShuttingDown:
-            return self.failure(path)
+        if path == "/auth":
+            return self.alink.auth(req)
+        if path.startswith("/topic/"):
+            return self.alink.topic_now(req) or self.alink.topic(req)
+        if _is_iotda(path):
+            return self.iotda.report_now(req) or self.iotda.handle(req)
         return Response(404, alink.reply(alink.PARAM_ERROR, f"param error: no such endpoint {path}").body)

@@ -10,20 +10,30 @@ class RateLimiter:
         self.rate = rate_per_s
         self.burst = float(burst)
         self._buckets: dict[int, tuple[float, float]] = {}  # device -> (tokens, last refill)
+        self._default_burst = max(self.burst, rate_per_s)  # the bucket size at the default rate
 
     def allow(self, device_id: int, rate: float | None = None) -> bool:
-        rate = self.rate if rate is None else rate
+        if rate is None or rate == self.rate:
+            rate = self.rate
+            burst = self._default_burst
+        else:
+            burst = max(rate * 2, 1.0)
         if rate <= 0:
             return True
-        burst = max(self.burst, rate) if rate == self.rate else max(rate * 2, 1.0)
         now = time.monotonic()
-        tokens, last = self._buckets.get(device_id, (burst, now))
-        tokens = min(burst, tokens + (now - last) * rate)
+        buckets = self._buckets
+        bucket = buckets.get(device_id)
+        if bucket is None:
+            tokens = burst
+        else:
+            tokens = bucket[0] + (now - bucket[1]) * rate
+            if tokens > burst:
+                tokens = burst
         if tokens < 1.0:
-            self._buckets[device_id] = (tokens, now)
+            buckets[device_id] = (tokens, now)
             return False
-        self._buckets[device_id] = (tokens - 1.0, now)
-        if len(self._buckets) > 200_000:
+        buckets[device_id] = (tokens - 1.0, now)
+        if len(buckets) > 200_000:
             self._evict(now)
         return True
 

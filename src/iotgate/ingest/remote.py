@@ -183,7 +183,10 @@ class IngestLink(FramedProtocol):
         fut: asyncio.Future[None] = loop.create_future()
         self._pending.extend(records)
         self._pending_futs.append(fut)
-        self._pending_bytes += sum(len(r.payload) for r in records)
+        size = 0
+        for r in records:  # a loop, not sum() over a generator: most requests hold one record
+            size += len(r.payload)
+        self._pending_bytes += size
         if len(self._inflight) >= self.max_inflight:  # sent when an answer comes back (frame_received)
             if len(self._pending) >= FRAME_RECORDS or self._pending_bytes >= FRAME_BYTES:
                 self._flush()
