@@ -222,6 +222,15 @@ class DeviceCore:
             await fut
         return message_id
 
+    def submit_accepted(
+        self, dialect: int, report: PropertyReport, groups: list[tuple[int, dict[str, Any]]], rate: float | None
+    ) -> tuple[list[asyncio.Future[None]], int]:
+        """The hot path's effects once every check passed, in the async path's order: count the
+        token, take a rate token (RateLimited: nothing submitted), submit (see submit_groups)."""
+        metrics.token_checked(dialect, "ok")
+        self.check_rate(report.device, rate)
+        return self.submit_groups([(report, groups)])
+
     def submit_groups(
         self, items: list[tuple[PropertyReport, list[tuple[int, dict[str, Any]]]]]
     ) -> tuple[list[asyncio.Future[None]], int]:

@@ -184,12 +184,10 @@ class AlinkDialect:
         groups = core.accepted_groups(report)
         if groups is None:
             return None
-        metrics.token_checked(DIALECT_ALINK, "ok")
         try:
-            core.check_rate(device, product.rate_per_s)
+            futures, message_id = core.submit_accepted(DIALECT_ALINK, report, groups, product.rate_per_s)
         except RateLimited as exc:
             return reply(TOO_MANY, f"request too many: {exc}")
-        futures, message_id = core.submit_groups([(report, groups)])
         return Pending(futures, success(message_id), metrics.ALINK_TOPIC_OK)
 
     async def topic(self, req: Request) -> Response:

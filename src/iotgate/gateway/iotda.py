@@ -188,12 +188,11 @@ class IotdaDialect:
         groups = core.accepted_groups(reports[0]) if len(reports) == 1 else None
         if groups is None:
             return None
-        metrics.token_checked(DIALECT_IOTDA, "ok")
         try:
-            core.check_rate(device, product.rate_per_s)
+            futures, _ = core.submit_accepted(DIALECT_IOTDA, reports[0], groups, product.rate_per_s)
         except RateLimited as exc:
             return error(403, RATE_LIMITED, f"Request reached the maximum rate limit: {exc}")
-        return Pending(core.submit_groups([(reports[0], groups)])[0], OK, metrics.IOTDA_REPORT_OK)
+        return Pending(futures, OK, metrics.IOTDA_REPORT_OK)
 
     async def handle(self, req: Request) -> Response:
         try:
