@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from iotgate.ingest import pipeline
 from iotgate.ingest.ids import MessageIds
 from iotgate.ingest.pipeline import Ingestor, ShuttingDown
 from iotgate.storage.base import Record
@@ -58,7 +59,8 @@ async def test_a_failed_batch_fails_exactly_its_reports(tmp_path: Path) -> None:
         duplicate = IDS.next()
         await ingestor.submit(record(1, duplicate))
         first = ingestor.submit(record(1))
-        await asyncio.sleep(0)  # end of the loop pass: its commit starts
+        while ingestor._pending:  # end of the loop pass, then at most SMALL_BATCH_WAIT_S: its commit starts
+            await asyncio.sleep(0.0002)
         clash = [ingestor.submit(record(2)), ingestor.submit(record(2, duplicate))]  # the next batch
         await first
         results = await asyncio.gather(*clash, return_exceptions=True)
@@ -80,6 +82,30 @@ async def test_a_few_reports_wait_for_the_end_of_the_pass_then_commit_together(t
         assert not ingestor._draining
         await asyncio.gather(*futures)
         assert ingestor.batches == 1
+    finally:
+        await ingestor.stop()
+        await storage.close()
+
+
+@pytest.mark.parametrize(("max_delay_ms", "batches"), [(2000.0, 1), (0.0, 2)])
+async def test_a_small_batch_waits_a_moment_for_more_unless_told_not_to(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_delay_ms: float, batches: int
+) -> None:
+    """Fewer than EAGER_BATCH reports wait up to SMALL_BATCH_WAIT_S (at most max_delay) for company:
+    one commit (a hand-off, WAL writes, an fsync) instead of several. (The wait is stretched here so
+    that the test does not depend on the speed of the machine.)"""
+    monkeypatch.setattr(pipeline, "SMALL_BATCH_WAIT_S", 0.5)
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage, max_delay_ms=max_delay_ms)
+    ingestor.start()
+    try:
+        first = [ingestor.submit(record(1)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # several loop passes later, within the wait
+        later = [ingestor.submit(record(2)) for _ in range(2)]
+        await asyncio.gather(*first, *later)
+        assert ingestor.batches == batches
+        assert history_count(storage.path) == 4
     finally:
         await ingestor.stop()
         await storage.close()

@@ -119,7 +119,8 @@ DESCRIPTIONS: dict[str, str] = {
     "`master-key` file (created on first start).",
     "commit_max_reports": "Most reports per group commit (one database transaction).",
     "commit_max_delay_ms": "Longest wait for more reports before a commit with PostgreSQL; 0: commit as soon as the writer is "
-    "free. SQLite always commits as soon as its writer is free and batches what arrives meanwhile.",
+    "free. SQLite commits as soon as its writer is free and batches what arrives meanwhile, except that a batch of "
+    "fewer than 16 reports waits up to 1 ms (at most this) for more; 0: never.",
     "sqlite_synchronous": "SQLite `synchronous` pragma: FULL (durable on power loss), NORMAL, OFF or EXTRA.",
     "alink_token_ttl_s": "Lifetime of an Alink `/auth` token (Alibaba: 7 days).",
     "iotda_token_ttl_s": "Lifetime of an IoTDA `/v5/device-auth` access token.",
