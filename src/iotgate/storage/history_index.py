@@ -52,6 +52,11 @@ PROPERTY_HISTORY = (
 )
 
 
+def newest_rowid(con: sqlite3.Connection, table: str) -> int:
+    """The rowid of `table`'s last committed row (SQLite numbers rows in commit order)."""
+    return int(con.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
+
+
 class HistoryIndex:
     """The indexing pass and its state; every method runs on the writer thread."""
 
@@ -82,7 +87,7 @@ class HistoryIndex:
         or move that many staged entries, lowest keys first, into history_index; the last move also
         advances the mark. Returns whether the pass has more steps."""
         if not self._target:
-            newest = int(con.execute("SELECT COALESCE(MAX(rowid), 0) FROM history").fetchone()[0])
+            newest = newest_rowid(con, "history")
             self.started_at = time.monotonic()
             if newest <= self.mark:
                 return False
@@ -101,8 +106,7 @@ class HistoryIndex:
 
     def catch_up(self, con: sqlite3.Connection) -> None:
         """Index every committed row (a clean stop: no ingest any more)."""
-        newest = "SELECT COALESCE(MAX(rowid), 0) FROM history"
-        while self.step(con) or int(con.execute(newest).fetchone()[0]) > self.mark:
+        while self.step(con) or newest_rowid(con, "history") > self.mark:
             pass
 
     def _move(self, con: sqlite3.Connection) -> bool:

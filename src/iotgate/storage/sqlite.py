@@ -45,7 +45,7 @@ from iotgate.storage.base import (
     Storage,
 )
 from iotgate.storage.history_index import MIGRATION as HISTORY_INDEX_MIGRATION
-from iotgate.storage.history_index import PROPERTY_HISTORY, HistoryIndex
+from iotgate.storage.history_index import PROPERTY_HISTORY, HistoryIndex, newest_rowid
 from iotgate.storage.migrations import MIGRATIONS, render
 
 T = TypeVar("T")
@@ -620,7 +620,7 @@ class SqliteStorage(ForwardSqlite, Storage):
                 for key, (value, ts, message_id) in values.items()
             ]
             # batches committed from now on are not in the snapshot: the watermark stops here
-            self._checkpoint_marks = (self._newest_row(con, "history"), self._newest_row(con, "messages"))
+            self._checkpoint_marks = (newest_rowid(con, "history"), newest_rowid(con, "messages"))
         chunk = self._checkpoint_rows[:CHECKPOINT_ROWS]
         last = len(self._checkpoint_rows) <= CHECKPOINT_ROWS
         try:
@@ -667,10 +667,6 @@ class SqliteStorage(ForwardSqlite, Storage):
                 self._dirty_seen[device] = at
 
     @staticmethod
-    def _newest_row(con: sqlite3.Connection, table: str) -> int:
-        return int(con.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0])
-
-    @staticmethod
     def _set_watermarks(con: sqlite3.Connection, history: int, messages: int) -> None:
         """The newest history/messages rowids the `latest`/`device_seen` tables cover. Rowids, not
         message IDs: SQLite numbers new rows in commit order, while message IDs come from several
@@ -687,7 +683,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         """After deleting rows (inside that transaction, writer thread): SQLite numbers a new row one
         past the largest rowid left, so once the newest rows are gone, later rows could get rowids
         at or below a watermark and would not be replayed after a crash. Lower it to the newest row."""
-        history, messages = self._newest_row(con, "history"), self._newest_row(con, "messages")
+        history, messages = newest_rowid(con, "history"), newest_rowid(con, "messages")
         self._checkpoint_marks = (min(self._checkpoint_marks[0], history), min(self._checkpoint_marks[1], messages))
         self._history_index.keep_below(con, history)
         stored = dict(con.execute("SELECT key, value FROM meta WHERE key LIKE 'checkpoint-rowid:%'").fetchall())
@@ -704,7 +700,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         elif "checkpoint:history" in marks:  # written by a version that marked message IDs
             column, prefix = "message_id", "checkpoint"
         else:  # new database, or one whose tables were kept per commit
-            history, messages = self._newest_row(con, "history"), self._newest_row(con, "messages")
+            history, messages = newest_rowid(con, "history"), newest_rowid(con, "messages")
             self._tx(con, lambda c: self._set_watermarks(c, history, messages))
             return
         for device, ts, data, message_id in con.execute(
