@@ -160,6 +160,13 @@ def service_reports(
     return reports
 
 
+def _access_token(req: Request) -> str:
+    """The token header, stripped ("" if absent or blank): `access_token`, or `access-token`
+    (also accepted, docs/iotda.md)."""
+    token = req.headers.get("access_token") or req.headers.get("access-token")
+    return token.strip() if token else ""
+
+
 class IotdaDialect:
     def __init__(self, core: DeviceCore) -> None:
         self.core = core
@@ -171,8 +178,7 @@ class IotdaDialect:
         answers with every check in its own order. All checks without effects come first;
         counting the token, the rate limit and submitting follow in `_device_call`'s order once
         they passed, so a request gets the same answer and effects either way."""
-        token = req.headers.get("access_token") or req.headers.get("access-token")
-        token = token.strip() if token else ""
+        token = _access_token(req)
         core = self.core
         device = core.cached_token_device(token, DIALECT_IOTDA, self.settings.iotda_reauth_grace_s) if token else None
         if device is None:
@@ -288,11 +294,11 @@ class IotdaDialect:
         return OK
 
     async def _token_device(self, req: Request, path_device: str) -> DeviceInfo:
-        token = req.headers.get("access_token") or req.headers.get("access-token")
-        if not token or not token.strip():
+        token = _access_token(req)
+        if not token:
             raise bad_token("the access_token header is missing (get one from /v5/device-auth)")
         try:
-            device = await self.core.device_for_token(token.strip(), DIALECT_IOTDA, self.settings.iotda_reauth_grace_s)
+            device = await self.core.device_for_token(token, DIALECT_IOTDA, self.settings.iotda_reauth_grace_s)
         except (TokenExpired, TokenInvalid) as exc:
             raise bad_token(f"{exc}; authenticate again with /v5/device-auth") from None
         if device.device_id != path_device:
