@@ -55,8 +55,9 @@ CHECKPOINT_ROWS = 1000  # rows per checkpoint transaction, so that ingest batche
 # WAL pages reach the database file through a thread of its own, once WAL_CHECKPOINT_ROWS rows
 # were committed since the last time (_wal_checkpoint), so that the copy and its fsync overlap the
 # next batches instead of delaying one. The writer copies them itself (SQLite's autocheckpoint) only
-# past WAL_AUTOCHECKPOINT_PAGES. Gateway load on a grown database (a history row dirties about one
-# page of the (device_id, ts) index), batches of 1,000 rows committed per second: writer
+# past WAL_AUTOCHECKPOINT_PAGES. Measured when a history row still dirtied about one page of a
+# (device_id, ts) index in every commit (before storage/history_index.py), gateway load on a grown
+# database, batches of 1,000 rows committed per second: writer
 # checkpointing at 1,000 pages (SQLite's default) 39-41 at 19-20 ms CPU per batch; WAL thread after
 # every commit 47-50 at 22-23 ms; after every fourth 55-59 at 17-18 ms (a page that several commits
 # changed is copied once). Counted in rows, not commits, so that small batches do not checkpoint
