@@ -100,9 +100,9 @@ async def test_reports_after_a_snapshot_overlay_it_and_a_failed_checkpoint_keeps
         dev, other = await devices(storage, 2)
         first = [prop(dev, 10, a=1, b=2, c=3), prop(other, 10, x=1)]
         await storage.write_batch(first)
-        writer = storage._writer
-        assert writer is not None
-        assert storage._checkpoint_step(writer) is True  # a snapshot is being written: 2 of 4 rows
+        # steps run on the writer thread, as the server runs them: write_batch queues a step of its
+        # own there, and one run from this thread could overlap it on the same connection
+        assert await storage._write(storage._checkpoint_step) is True  # a snapshot is being written: 2 of 4 rows
         later = [prop(dev, 20, b=20), prop(dev, 5, c=30, d=40), prop(other, 30, x=2, y=3)]
         await storage.write_batch(later)
         assert await storage.latest_values(dev) == newest([r for r in first + later if r.device_id == dev])
@@ -114,13 +114,13 @@ async def test_reports_after_a_snapshot_overlay_it_and_a_failed_checkpoint_keeps
 
         monkeypatch.setattr(storage, "_set_watermarks", broken)
         with pytest.raises(sqlite3.OperationalError):
-            while storage._checkpoint_step(writer):
+            while await storage._write(storage._checkpoint_step):
                 pass
         monkeypatch.undo()
-        assert not storage._flushing_latest
+        assert not storage._status.flushing
         assert await storage.latest_values(dev) == newest([r for r in first + later if r.device_id == dev])
         assert await storage.latest_values(other) == newest([r for r in first + later if r.device_id == other])
-        storage._checkpoint(writer)
+        await storage._write(storage._checkpoint)
         assert table_latest(path, dev) == {
             k: (str(v), ts) for k, (v, ts) in newest([r for r in first + later if r.device_id == dev]).items()
         }

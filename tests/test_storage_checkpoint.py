@@ -98,12 +98,10 @@ async def test_checkpoint_in_small_steps_and_deleted_devices_are_not_written_bac
             await storage.insert_devices([DeviceRow(id=0, product_key="pkCheckpt01", device_name="dev2", secret="s")])
         )[0].id
         await storage.write_batch([prop(dev, 10, a=1, b=2, c=3, d=4), prop(other, 10, a=9, b=9, c=9, d=9)])
-        writer = storage._writer
-        assert writer is not None
-        assert storage._checkpoint_step(writer) is True  # 3 of 8 rows written, snapshot still overlaid
+        assert await storage._write(storage._checkpoint_step) is True  # 3 of 8 rows written, snapshot still overlaid
         assert await storage.latest_values(dev) == {"a": (1, 10), "b": (2, 10), "c": (3, 10), "d": (4, 10)}
         assert await storage.delete_device(other)
-        storage._checkpoint(writer)
+        await storage._write(storage._checkpoint)
         assert table_latest(storage.path, other) == {}
         assert set(table_latest(storage.path, dev)) == {"a", "b", "c", "d"}
         assert await storage.latest_values(dev) == {"a": (1, 10), "b": (2, 10), "c": (3, 10), "d": (4, 10)}

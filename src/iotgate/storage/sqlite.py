@@ -47,6 +47,7 @@ from iotgate.storage.base import (
 from iotgate.storage.history_index import MIGRATION as HISTORY_INDEX_MIGRATION
 from iotgate.storage.history_index import PROPERTY_HISTORY, HistoryIndex, newest_rowid
 from iotgate.storage.migrations import MIGRATIONS, render
+from iotgate.storage.running_status import RunningStatus, overlay_latest, overlay_seen
 
 T = TypeVar("T")
 log = logging.getLogger("iotgate.storage")
@@ -99,10 +100,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         # property per commit they live here (touched by the writer thread only) and reach the
         # `latest`/`device_seen` tables every CHECKPOINT_S (`_checkpoint`). An acknowledged
         # report is durable in `history`/`messages`; `open()` replays rows after the checkpoint.
-        self._dirty_latest: dict[int, dict[str, tuple[Any, int, int]]] = {}  # device -> id -> (value, ts, msg)
-        self._dirty_seen: dict[int, int] = {}
-        self._flushing_latest: dict[int, dict[str, tuple[Any, int, int]]] = {}  # being written by _checkpoint
-        self._flushing_seen: dict[int, int] = {}
+        self._status = RunningStatus()  # touched by the writer thread; readers copy (running_status.py)
         self._checkpoint_at = 0.0
         self._checkpoint_rows: list[tuple] = []  # latest rows of the snapshot still to write
         # newest history/messages rowids the snapshot covers (see _set_watermarks)
@@ -464,8 +462,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         def run(c: sqlite3.Connection) -> bool:
             if c.execute("DELETE FROM devices WHERE id=?", (device_id,)).rowcount == 0:
                 return False
-            for pending in (self._dirty_latest, self._dirty_seen, self._flushing_latest, self._flushing_seen):
-                pending.pop(device_id, None)
+            self._status.drop(device_id)
             self._checkpoint_rows = [r for r in self._checkpoint_rows if r[0] != device_id]
             self._history_index.delete_device(c, device_id)
             for table in ("latest", "messages", "device_seen"):
@@ -515,8 +512,8 @@ class SqliteStorage(ForwardSqlite, Storage):
         if self.follower:  # a worker's reports go to the main process (IngestLink), never here
             raise RuntimeError("a follower SqliteStorage does not write ingest batches")
         await self._write(lambda c: self._write_batch(c, records, outbox))
-        if self._flushing_latest or self._flushing_seen or time.monotonic() - self._checkpoint_at >= CHECKPOINT_S:
-            if not (self._flushing_latest or self._flushing_seen):
+        if self._status.flushing or time.monotonic() - self._checkpoint_at >= CHECKPOINT_S:
+            if not self._status.flushing:
                 self._checkpoint_at = time.monotonic()
             # one step, queued behind this batch on the writer thread; nobody waits for it
             self._writer_pool.submit(self._checkpoint_logged)
@@ -542,7 +539,7 @@ class SqliteStorage(ForwardSqlite, Storage):
             raise
         con.execute("COMMIT")
         self._wal_checkpoint_soon(len(records))
-        self._note_committed(records)
+        self._status.fold(records)
 
     def _wal_checkpoint_soon(self, rows: int) -> None:
         """Have the WAL thread copy committed pages into the database file (writer thread)."""
@@ -563,25 +560,6 @@ class SqliteStorage(ForwardSqlite, Storage):
             self._wal_con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the next commit tries again; the writer's autocheckpoint is the backstop
             log.debug("WAL checkpoint failed: %s", exc)
-
-    def _note_committed(self, records: list[Record]) -> None:
-        """Fold a committed batch into the pending latest values and last-seen times (writer thread)."""
-        dirty, seen = self._dirty_latest, self._dirty_seen
-        for r in records:
-            values, device = r.values, r.device_id
-            if values is not None and r.kind == "property":
-                ts, message_id = r.ts, r.message_id
-                current = dirty.get(device)
-                if current is None:  # the device's first report since the last checkpoint
-                    dirty[device] = {key: (value, ts, message_id) for key, value in values.items()}
-                else:
-                    known = current.get
-                    for key, value in values.items():
-                        prev = known(key)
-                        if prev is None or ts >= prev[1]:
-                            current[key] = (value, ts, message_id)
-            if r.kind != "rejected" and seen.get(device, 0) < r.received_at:
-                seen[device] = r.received_at
 
     def _checkpoint_logged(self) -> None:
         assert self._writer is not None
@@ -609,17 +587,11 @@ class SqliteStorage(ForwardSqlite, Storage):
         """Write up to CHECKPOINT_ROWS latest values of the current snapshot (taking one when none
         is in progress); the last step also writes last-seen times and the history/messages message IDs
         the snapshot covers. Returns whether more steps are needed (writer thread)."""
-        if not (self._flushing_latest or self._flushing_seen):
-            if not self._dirty_latest and not self._dirty_seen:
+        if not self._status.flushing:
+            if not self._status.dirty:
                 return False
-            # readers overlay _flushing_* until its last row is committed
-            self._flushing_latest, self._dirty_latest = self._dirty_latest, {}
-            self._flushing_seen, self._dirty_seen = self._dirty_seen, {}
-            self._checkpoint_rows = [
-                (device, key, value, ts, message_id)
-                for device, values in self._flushing_latest.items()
-                for key, (value, ts, message_id) in values.items()
-            ]
+            # readers overlay the flushing generation until its last row is committed
+            self._checkpoint_rows = self._status.begin_flush()
             # batches committed from now on are not in the snapshot: the watermark stops here
             self._checkpoint_marks = (newest_rowid(con, "history"), newest_rowid(con, "messages"))
         chunk = self._checkpoint_rows[:CHECKPOINT_ROWS]
@@ -635,11 +607,11 @@ class SqliteStorage(ForwardSqlite, Storage):
                         [(d, k, _json_encode(v).decode(), ts, m) for d, k, v, ts, m in chunk],
                     )
                 if last:
-                    if self._flushing_seen:
+                    if self._status.flushing_seen:
                         con.executemany(
                             "INSERT INTO device_seen(device_id, last_seen) VALUES(?,?) ON CONFLICT(device_id) "
                             "DO UPDATE SET last_seen=MAX(last_seen, excluded.last_seen)",
-                            list(self._flushing_seen.items()),
+                            list(self._status.flushing_seen.items()),
                         )
                     self._set_watermarks(con, *self._checkpoint_marks)
             except BaseException:
@@ -647,25 +619,15 @@ class SqliteStorage(ForwardSqlite, Storage):
                 raise
             con.execute("COMMIT")
         except BaseException:
-            self._merge_back()
-            self._flushing_latest, self._flushing_seen, self._checkpoint_rows = {}, {}, []
+            self._status.abort_flush()
+            self._checkpoint_rows = []
             raise
         if last:
-            self._flushing_latest, self._flushing_seen, self._checkpoint_rows = {}, {}, []
+            self._status.end_flush()
+            self._checkpoint_rows = []
             return False
         del self._checkpoint_rows[:CHECKPOINT_ROWS]
         return True
-
-    def _merge_back(self) -> None:
-        for device, values in self._flushing_latest.items():
-            current = self._dirty_latest.setdefault(device, {})
-            for key, entry in values.items():
-                newer = current.get(key)
-                if newer is None or entry[1] > newer[1]:
-                    current[key] = entry
-        for device, at in self._flushing_seen.items():
-            if self._dirty_seen.get(device, 0) < at:
-                self._dirty_seen[device] = at
 
     @staticmethod
     def _set_watermarks(con: sqlite3.Connection, history: int, messages: int) -> None:
@@ -710,7 +672,7 @@ class SqliteStorage(ForwardSqlite, Storage):
         ):
             values = _json_decode(data)
             received = (message_id >> (NODE_BITS + SEQ_BITS)) + EPOCH_MS  # a message ID holds its receive time
-            self._note_committed(
+            self._status.fold(
                 [
                     Record(
                         message_id=message_id,
@@ -726,26 +688,20 @@ class SqliteStorage(ForwardSqlite, Storage):
             f"SELECT device_id, received_at FROM messages WHERE {column} > ? AND kind != 'rejected'",
             (int(marks.get(f"{prefix}:messages", 0)),),
         ):
-            if self._dirty_seen.get(device, 0) < received:
-                self._dirty_seen[device] = received
-        if self._dirty_latest or self._dirty_seen:
-            log.info("rebuilt latest values of %d devices from history after an unclean stop", len(self._dirty_latest))
+            self._status.see(device, received)
+        if self._status.dirty:
+            devices = len(self._status.dirty_latest)
+            log.info("rebuilt latest values of %d devices from history after an unclean stop", devices)
         self._checkpoint(con)
 
     # -- device data ----------------------------------------------------------------------
     async def latest_values(self, device_id: int) -> dict[str, tuple[Any, int]]:
         # values not yet checkpointed, taken before the table is read so that none falls in between
-        pending = [dict(p) for p in (self._flushing_latest.get(device_id), self._dirty_latest.get(device_id)) if p]
+        pending = self._status.pending_latest(device_id)
         rows = await self._read(
             lambda c: c.execute("SELECT identifier, value, ts FROM latest WHERE device_id=?", (device_id,)).fetchall()
         )
-        out = {r[0]: (_json_decode(r[1]), r[2]) for r in rows}
-        for values in pending:
-            for key, (value, ts, _) in values.items():
-                known = out.get(key)
-                if known is None or ts >= known[1]:
-                    out[key] = (value, ts)
-        return out
+        return overlay_latest({r[0]: (_json_decode(r[1]), r[2]) for r in rows}, pending)
 
     async def property_history(
         self, device_id: int, identifier: str, since: int, until: int, limit: int
@@ -776,16 +732,11 @@ class SqliteStorage(ForwardSqlite, Storage):
         return [Record.from_message_row(r) for r in rows]
 
     async def last_seen(self, since: int = 0) -> dict[int, int]:
-        pending = [dict(self._flushing_seen), dict(self._dirty_seen)]
+        pending = self._status.pending_seen()
         rows = await self._read(
             lambda c: c.execute("SELECT device_id, last_seen FROM device_seen WHERE last_seen > ?", (since,)).fetchall()
         )
-        out = {r[0]: r[1] for r in rows}
-        for seen in pending:
-            for device, at in seen.items():
-                if at > since and out.get(device, 0) < at:
-                    out[device] = at
-        return out
+        return overlay_seen({r[0]: r[1] for r in rows}, pending, since)
 
     # -- housekeeping and retention ---------------------------------------------------------
     async def maintain(self, now: int) -> None:
