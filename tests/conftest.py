@@ -9,7 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,16 @@ class ServerProcess:
         return httpx.Client(base_url=self.device_url, verify=self.plain, timeout=30, **kw)
 
 
+def until(check: Callable[[], bool], within_s: float, sleep: float = 0.1) -> bool:
+    """Poll check() until it holds or within_s passes; its last answer."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(sleep)
+    return check()
+
+
 class Admin:
     """Small helpers over the management API for tests."""
 
@@ -142,6 +152,20 @@ class Admin:
         r = self.c.get(f"/api/v1/products/{pk}/devices/{dn}/properties")
         assert r.status_code == 200, r.text
         return {p["identifier"]: p for p in r.json()["items"]}
+
+    def properties_when(self, pk: str, dn: str, within_s: float = 5.0, **values: Any) -> dict[str, Any]:
+        """The running status once it shows these values. On PostgreSQL the process that committed a
+        report writes its running status every `running_status_flush_ms` (1 s), so another process
+        (the admin API beside device workers, another node) sees it up to that late."""
+        status: dict[str, Any] = {}
+
+        def shows() -> bool:
+            nonlocal status
+            status = self.properties(pk, dn)
+            return all(status.get(k, {}).get("value") == v for k, v in values.items())
+
+        until(shows, within_s)
+        return status
 
     def history(self, pk: str, dn: str, identifier: str = "temperature") -> list[tuple[int, Any]]:
         """(time, value) of every stored point of a property (up to 10,000), newest first."""

@@ -48,7 +48,7 @@ def test_seed_collector_end_to_end(server: ServerProcess, admin: Admin) -> None:
         )
         assert r.status_code == 200, r.text
 
-    status = admin.properties(pk, "collector-01")
+    status = admin.properties_when(pk, "collector-01", temperature=22, humidity=60)
     assert status["temperature"]["value"] == 22 and status["temperature"]["unit"] == "°C"
     assert status["humidity"]["value"] == 60
     history = admin.c.get(f"/api/v1/products/{pk}/devices/collector-01/properties/temperature/history").json()

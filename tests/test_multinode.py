@@ -13,14 +13,13 @@ import os
 import secrets
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import SEED_MODEL, Admin, ServerProcess
+from conftest import SEED_MODEL, Admin, ServerProcess, until
 from iotgate.auth.secretbox import SecretBox
 from iotgate.auth.signing import alink_auth_body, iotda_auth_body
 
@@ -71,15 +70,6 @@ def alink_post(node: ServerProcess, pk: str, dn: str, token: str, temperature: i
         return dict(r.json())
 
 
-def until(check: Callable[[], bool], within_s: float) -> bool:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.1)
-    return check()
-
-
 def test_one_platform_across_nodes(nodes: tuple[ServerProcess, ServerProcess], admins: tuple[Admin, Admin]) -> None:
     a, b = nodes
     admin_a, admin_b = admins
@@ -104,7 +94,8 @@ def test_one_platform_across_nodes(nodes: tuple[ServerProcess, ServerProcess], a
         assert r.status_code == 200, r.text
 
     for admin in admins:  # either admin API sees everything, whichever node took the data
-        status = admin.properties(pk, "shared-01")
+        # (running status: once the node that took a report has flushed it, within running_status_flush_ms)
+        status = admin.properties_when(pk, "shared-01", temperature=22, humidity=61)
         assert status["temperature"]["value"] == 22 and status["humidity"]["value"] == 61
         history = admin.c.get(f"/api/v1/products/{pk}/devices/shared-01/properties/temperature/history").json()
         assert [p["value"] for p in history["items"]] == [22, 21]

@@ -20,7 +20,7 @@ from iotgate.auth.secretbox import SecretBox
 from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS
 from iotgate.storage.base import Conflict, DeviceRow, ProductRow, Record, Storage
 from iotgate.storage.migrations import MIGRATIONS
-from iotgate.storage.postgres import PostgresStorage, month_start
+from iotgate.storage.postgres import PG_MIGRATIONS, PostgresStorage, month_start
 from iotgate.storage.sqlite import SqliteStorage
 
 BOX = SecretBox.from_text(SecretBox.new_key())
@@ -481,7 +481,7 @@ async def test_pg_nodes_starting_together_migrate_once(pg_url: str) -> None:
     await asyncio.gather(*(n.open() for n in nodes))
     try:
         rows = await raw(nodes[0], "SELECT count(*) FROM meta WHERE key LIKE 'migration:%'")
-        assert rows == [(len(MIGRATIONS),)]
+        assert rows == [(len(MIGRATIONS) + len(PG_MIGRATIONS),)]
     finally:
         await asyncio.gather(*(n.close() for n in nodes))
 

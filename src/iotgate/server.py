@@ -59,7 +59,9 @@ def open_storage(settings: Settings, box: SecretBox | None, follower: bool = Fal
     if settings.uses_postgres:
         from iotgate.storage.postgres import PostgresStorage  # optional backend
 
-        return PostgresStorage(settings.database, secret_box=box)
+        return PostgresStorage(
+            settings.database, secret_box=box, running_status_flush_s=settings.running_status_flush_ms / 1000
+        )
     from iotgate.storage.sqlite import SqliteStorage
 
     path = Path(settings.database) if settings.database else settings.data_path / "iotgate.db"

@@ -6,8 +6,9 @@ Behaves like `sqlite.py` method for method. What differs, and why:
   session advisory lock so nodes starting together do not race; each is recorded in `meta` as
   `migration:<name>`.
 * **Group commit** (`write_batch`): one transaction per batch; history and messages go in by binary
-  COPY, latest values and device_seen by one `INSERT … SELECT unnest(…) ON CONFLICT` each (rows sorted,
-  so concurrent writers lock in the same order; a deadlock is retried, the batch is all or nothing).
+  COPY (a deadlock is retried, the batch is all or nothing). The running status (latest values,
+  device_seen) is kept per process and written once a second, with crash replay across processes
+  and nodes (`pg_running_status.py`); `running_status_flush_s=0` upserts it in every commit instead.
 * **Time partitions**: `history` is range-partitioned on `ts` (event time) and `messages` on
   `received_at`, one partition per UTC month, created ahead by `maintain()`; rows outside every
   partition (old backfills) land in a `*_default` partition. Retention drops whole months, then
@@ -57,7 +58,9 @@ from iotgate.storage.base import (
     Storage,
 )
 from iotgate.storage.migrations import MIGRATIONS, render
-from iotgate.storage.sqlite import split_batch
+from iotgate.storage.pg_running_status import StatusWriter, replay_gone_writers, write_status
+from iotgate.storage.running_status import RunningStatus, overlay_latest, overlay_seen
+from iotgate.storage.sqlite import history_and_messages
 
 log = logging.getLogger("iotgate.storage")
 T = TypeVar("T")
@@ -86,6 +89,13 @@ PARTITION_RE = re.compile(r"^(history|messages)_p(\d{4})(\d{2})$")
 MONTHS_AHEAD = 2
 HYPERTABLE_CHUNK_MS = 7 * 24 * 3600 * 1000
 RETRYABLE = (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.SerializationError)
+# applied after the shared MIGRATIONS (storage/migrations.py): tables only this backend has
+PG_MIGRATIONS: list[tuple[str, list[str]]] = [
+    (
+        "0005-pg-running-status-writers",  # pg_running_status.py: each committing process's replay mark
+        ["CREATE TABLE running_status_writers (writer BIGINT PRIMARY KEY, covered_from BIGINT NOT NULL)"],
+    ),
+]
 
 
 def month_start(year: int, month: int) -> int:
@@ -107,6 +117,7 @@ class PostgresStorage(ForwardPostgres, Storage):
         min_pool: int = 2,
         max_pool: int = 10,
         command_timeout: float = 60.0,
+        running_status_flush_s: float = 1.0,
     ) -> None:
         self.dsn = dsn
         self.box = secret_box
@@ -116,6 +127,8 @@ class PostgresStorage(ForwardPostgres, Storage):
         self._pool: asyncpg.Pool | None = None
         self._node_con: asyncpg.Connection | None = None
         self.layout = "partitioned"  # or "timescaledb"
+        self.running_status_flush_s = running_status_flush_s
+        self._status: StatusWriter | None = None  # None: running status upserted in every commit
 
     # -- plumbing -------------------------------------------------------------------------
     @property
@@ -162,11 +175,14 @@ class PostgresStorage(ForwardPostgres, Storage):
             finally:
                 await con.execute("SELECT pg_advisory_unlock($1)", LOCK_MIGRATE)
         await self.maintain(now_ms())
+        await replay_gone_writers(self.pool)  # e.g. this node's own previous process, killed
+        if self.running_status_flush_s > 0:
+            self._status = StatusWriter(self.pool, self.dsn, self.running_status_flush_s, KEEPALIVE)
 
     async def _migrate(self, con: asyncpg.Connection) -> None:
         await con.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         done = {r[0] for r in await con.fetch("SELECT key FROM meta WHERE key LIKE 'migration:%'")}
-        for name, statements in MIGRATIONS:
+        for name, statements in [*MIGRATIONS, *PG_MIGRATIONS]:
             if f"migration:{name}" in done:
                 continue
             async with con.transaction():
@@ -227,6 +243,9 @@ class PostgresStorage(ForwardPostgres, Storage):
         return True
 
     async def close(self) -> None:
+        if self._status is not None:
+            await self._status.close()
+            self._status = None
         if self._node_con is not None:
             await self._node_con.close()
             self._node_con = None
@@ -623,7 +642,10 @@ class PostgresStorage(ForwardPostgres, Storage):
             await self._log_event(con, [device_id], "deleted", now_ms())
             return True
 
-        return await self._tx(run)
+        deleted = await self._tx(run)
+        if deleted and self._status is not None:  # other processes' flushes skip devices that are gone
+            self._status.status.drop(device_id)
+        return deleted
 
     async def count_devices(self, product_key: str | None = None) -> int:
         if product_key is None:
@@ -647,57 +669,69 @@ class PostgresStorage(ForwardPostgres, Storage):
 
     # -- ingest ---------------------------------------------------------------------------
     async def write_batch(self, records: list[Record], outbox: OutboxBatch | None = None) -> None:
-        history, messages, latest, seen = split_batch(records)
-        latest.sort(key=lambda r: (r[0], r[1]))  # one lock order for every writer: no deadlocks
-        seen.sort()
-        latest_cols = [list(c) for c in zip(*latest, strict=True)] if latest else []
-        seen_cols = [list(c) for c in zip(*seen, strict=True)] if seen else []
+        if self._status is None:
+            await self._write_batch_with_status(records, outbox)
+            return
+        await self._status.registered()  # before the first commit: a crash after it is replayed
+        batch = self._status.begin_batch(records)
+        history, messages = history_and_messages(records)
+        try:
+            await self._tx(lambda con: self._write_rows(con, history, messages, outbox))
+        except BaseException:
+            self._status.end_batch(batch, None)
+            raise
+        self._status.end_batch(batch, records)
+
+    async def _write_batch_with_status(self, records: list[Record], outbox: OutboxBatch | None) -> None:
+        """running_status_flush_s = 0: latest values and device_seen upserted in the batch's transaction."""
+        history, messages = history_and_messages(records)
+        status = RunningStatus()  # the batch's newest value per device and property
+        status.fold(records)
+        latest, seen = status.begin_flush(), list(status.flushing_seen.items())
 
         async def run(con: asyncpg.Connection) -> None:
-            if history:
-                await con.copy_records_to_table(
-                    "history", records=history, columns=("message_id", "device_id", "ts", "data")
-                )
-            if messages:
-                await con.copy_records_to_table(
-                    "messages",
-                    records=messages,
-                    columns=(
-                        "message_id",
-                        "device_id",
-                        "kind",
-                        "ts",
-                        "received_at",
-                        "topic",
-                        "identifier",
-                        "payload",
-                        "detail",
-                    ),
-                )
-            if latest_cols:
-                await con.execute(
-                    "INSERT INTO latest(device_id, identifier, value, ts, message_id) "
-                    "SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::bigint[], $5::bigint[]) "
-                    "ON CONFLICT (device_id, identifier) DO UPDATE SET value=EXCLUDED.value, ts=EXCLUDED.ts, "
-                    "message_id=EXCLUDED.message_id WHERE EXCLUDED.ts >= latest.ts",
-                    *latest_cols,
-                )
-            if seen_cols:
-                await con.execute(
-                    "INSERT INTO device_seen(device_id, last_seen) SELECT * FROM unnest($1::bigint[], $2::bigint[]) "
-                    "ON CONFLICT (device_id) DO UPDATE SET "
-                    "last_seen=GREATEST(device_seen.last_seen, EXCLUDED.last_seen)",
-                    *seen_cols,
-                )
-            if outbox is not None:  # forwarding: committed with the reports that produced it
-                await write_outbox(con, outbox)
+            await self._write_rows(con, history, messages, outbox)
+            await write_status(con, latest, seen)
 
         await self._tx(run)
 
+    @staticmethod
+    async def _write_rows(
+        con: asyncpg.Connection, history: list[tuple], messages: list[tuple], outbox: OutboxBatch | None
+    ) -> None:
+        if history:
+            await con.copy_records_to_table(
+                "history", records=history, columns=("message_id", "device_id", "ts", "data")
+            )
+        if messages:
+            await con.copy_records_to_table(
+                "messages",
+                records=messages,
+                columns=(
+                    "message_id",
+                    "device_id",
+                    "kind",
+                    "ts",
+                    "received_at",
+                    "topic",
+                    "identifier",
+                    "payload",
+                    "detail",
+                ),
+            )
+        if outbox is not None:  # forwarding: committed with the reports that produced it
+            await write_outbox(con, outbox)
+
+    async def flush_running_status(self) -> None:
+        """Write this process's pending running status now (tests; other nodes see it after this)."""
+        if self._status is not None:
+            await self._status.flush()
+
     # -- device data ----------------------------------------------------------------------
     async def latest_values(self, device_id: int) -> dict[str, tuple[Any, int]]:
+        pending = self._status.status.pending_latest(device_id) if self._status else []
         rows = await self.pool.fetch("SELECT identifier, value, ts FROM latest WHERE device_id=$1", device_id)
-        return {r[0]: (_json_decode(r[1]), r[2]) for r in rows}
+        return overlay_latest({r[0]: (_json_decode(r[1]), r[2]) for r in rows}, pending)
 
     async def property_history(
         self, device_id: int, identifier: str, since: int, until: int, limit: int
@@ -733,5 +767,6 @@ class PostgresStorage(ForwardPostgres, Storage):
         return [Record.from_message_row(r) for r in rows]
 
     async def last_seen(self, since: int = 0) -> dict[int, int]:
+        pending = self._status.status.pending_seen() if self._status else []
         rows = await self.pool.fetch("SELECT device_id, last_seen FROM device_seen WHERE last_seen > $1", since)
-        return {r[0]: r[1] for r in rows}
+        return overlay_seen({r[0]: r[1] for r in rows}, pending, since)
