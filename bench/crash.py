@@ -343,6 +343,33 @@ def history_index_problems(data_dir: Path) -> list[str]:
     return problems + ([f"index mark {mark} below the newest row {newest}"] if mark < newest else [])
 
 
+async def running_status_problems(data_dir: Path, database: str | None) -> list[str]:
+    """After a clean stop: each device's `latest` rows hold the newest event time of each property
+    in its history (the running status is written behind ingest and replayed after a kill)."""
+    history_q, latest_q = "SELECT device_id, ts, data FROM history", "SELECT device_id, identifier, ts FROM latest"
+    if database is None:
+        with sqlite3.connect(data_dir / "iotgate.db") as con:
+            history, latest = con.execute(history_q).fetchall(), con.execute(latest_q).fetchall()
+    else:
+        import asyncpg
+
+        con = await asyncpg.connect(database)
+        try:
+            history, latest = await con.fetch(history_q), await con.fetch(latest_q)
+        finally:
+            await con.close()
+    newest: dict[tuple[int, str], int] = {}
+    for device, ts, data in history:
+        for key in json.loads(data):
+            newest[(device, key)] = max(ts, newest.get((device, key), ts))
+    stored = {(device, key): ts for device, key, ts in latest}
+    return [
+        f"device {d} {k}: history {ts}, latest {stored.get((d, k))}"
+        for (d, k), ts in newest.items()
+        if stored.get((d, k)) != ts
+    ]
+
+
 @dataclass
 class Verdict:
     backend: str
@@ -357,13 +384,15 @@ class Verdict:
     wrong_id: list[str]  # stored under another message ID than the device was told
     restart_s: list[float]
     index_problems: list[str] = field(default_factory=list)  # SQLite's history_index after the clean stop
+    status_problems: list[str] = field(default_factory=list)  # latest values against history after it
     sigterm_exit: int | None = None
     sigterm_acked_during: int = 0
     seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
-        clean = not (self.error_replies or self.missing or self.duplicated or self.wrong_id or self.index_problems)
+        clean = not (self.error_replies or self.missing or self.duplicated or self.wrong_id)
+        clean = clean and not (self.index_problems or self.status_problems)
         return clean and self.sigterm_exit in (None, 0)
 
 
@@ -432,6 +461,7 @@ async def run(
         verdict.restart_s = [round(s, 2) for s in restarts]
         if database is None:
             verdict.index_problems = history_index_problems(server.data_dir)
+        verdict.status_problems = (await running_status_problems(server.data_dir, database))[:20]
         verdict.sigterm_exit = exit_code
         verdict.sigterm_acked_during = len(ledger.acked) - acked_before
         verdict.seconds = round(time.monotonic() - began, 1)
@@ -509,6 +539,7 @@ def report(v: Verdict) -> str:
         ("wrong id", v.wrong_id),
         ("errors", v.error_replies),
         ("history index", v.index_problems),
+        ("running status", v.status_problems),
     ):
         lines += [f"  {label}: {item}" for item in items[:5]]
     return "\n".join(lines)

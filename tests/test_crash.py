@@ -40,6 +40,8 @@ def check(verdict: object) -> None:
     assert v.duplicated == [], "reports were stored twice"
     assert v.wrong_id == [], "reports were stored under another message ID than acknowledged"
     assert v.error_replies == [], "the server answered with errors"
+    assert v.index_problems == [], "SQLite's history index does not match history after the clean stop"
+    assert v.status_problems == [], "latest values do not match history after the clean stop"
     assert v.sigterm_exit == 0 and v.sigterm_acked_during > 0
 
 
