@@ -111,15 +111,19 @@ class StatusWriter:
             if self._lock_con is not None and not self._lock_con.is_closed():
                 return
             con = await asyncpg.connect(self.dsn, server_settings=self.server_settings)
-            key = secrets.randbits(31)
-            while not await con.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_WRITER_CLASS, key):
-                key = secrets.randbits(31)  # taken by a live writer: draw again
-            await con.execute(
-                "INSERT INTO running_status_writers(writer, covered_from) VALUES($1, $2) "
-                "ON CONFLICT (writer) DO UPDATE SET covered_from = EXCLUDED.covered_from",
-                key,
-                self._covered_from(),
-            )
+            while True:
+                key = secrets.randbits(31)
+                if not await con.fetchval("SELECT pg_try_advisory_lock($1, $2)", LOCK_WRITER_CLASS, key):
+                    continue  # a live writer's key
+                if await con.fetchval(
+                    "INSERT INTO running_status_writers(writer, covered_from) VALUES($1, $2) "
+                    "ON CONFLICT (writer) DO NOTHING RETURNING writer",
+                    key,
+                    self._covered_from(),
+                ):
+                    break
+                # a writer that is gone had this key and awaits its replay: leave its row alone
+                await con.execute("SELECT pg_advisory_unlock($1, $2)", LOCK_WRITER_CLASS, key)
             self._lock_con, self.key = con, key
             if self._task is None:
                 self._task = asyncio.get_running_loop().create_task(self._run(), name="running-status")
