@@ -598,3 +598,42 @@ def test_pipelined_request_then_garbage(server: ServerProcess, admin: Admin, pk:
         assert first.code == 0 and "connection" not in first.headers
         assert second.status == 400 and second.code == 10001 and second.headers["connection"] == "close"
         assert w.closed_by_server()
+
+
+def test_more_pipelined_requests_than_the_read_limit(server: ServerProcess, admin: Admin, pk: str) -> None:
+    """Past MAX_PIPELINED queued requests the listener stops reading; it must resume once replies
+    go out (reading is resumed only when it was paused), and the connection stays usable."""
+    dn = "pipeline-many"
+    secret = admin.device(pk, dn)["deviceSecret"]
+    with Wire(server.device_port) as w:
+        w.send(sdk_auth_bytes(pk, dn, secret))
+        token = w.response().json()["info"]["token"]
+        topic = property_topic(pk, dn)
+        w.send(b"".join(sdk_post_bytes(topic, token, alink_json({"temperature": t % 50})) for t in range(40)))
+        assert [w.response().code for _ in range(40)] == [0] * 40
+        w.send(sdk_post_bytes(topic, token, alink_json({"temperature": 7})))
+        reply = w.response()
+        assert reply.code == 0 and "connection" not in reply.headers
+    assert admin.properties(pk, dn)["temperature"]["value"] == 7
+
+
+def test_invalid_request_target_after_a_good_request(server: ServerProcess, admin: Admin, pk: str) -> None:
+    """A target the URL parser refuses gets the 400 (after the reply owed to the request before
+    it), and a query string never reaches the topic path."""
+    dn = "bad-target"
+    secret = admin.device(pk, dn)["deviceSecret"]
+    with Wire(server.device_port) as w:
+        w.send(sdk_auth_bytes(pk, dn, secret))
+        token = w.response().json()["info"]["token"]
+        topic = property_topic(pk, dn)
+        good = sdk_post_bytes(topic, token, alink_json({"temperature": 21})).replace(
+            topic.encode() + b" HTTP", topic.encode() + b"?_v=sdk-c-4.1.0 HTTP", 1
+        )
+        bad = b"POST http://h:x/ HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}"
+        w.send(good + bad)
+        first, second = w.response(), w.response()
+        assert first.code == 0 and "connection" not in first.headers
+        assert second.status == 400 and second.code == 10001 and second.headers["connection"] == "close"
+        assert "not a valid URL path" in second.json()["message"]
+        assert w.closed_by_server()
+    assert admin.properties(pk, dn)["temperature"]["value"] == 21

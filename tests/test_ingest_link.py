@@ -275,3 +275,36 @@ def test_a_process_of_another_user_cannot_hand_records_to_the_writer(tmp_path: P
 
     stored, answer = asyncio.run(scenario())
     assert stored == 0 and answer == b"CLOSED"  # closed without an answer, nothing committed
+
+
+async def test_answers_of_one_commit_go_out_in_one_write(wired: Link) -> None:
+    """Two frames that one commit holds are answered with one write (one syscall in the writer,
+    one wake-up and read in the worker), each answer still its own frame."""
+    encode = msgspec.msgpack.Encoder().encode
+    loop = asyncio.get_running_loop()
+    before = set(wired.hub.links)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, wired.hub.path)
+    try:
+        for _ in range(100):  # the hub registers the connection when it has accepted it
+            if wired.hub.links - before:
+                break
+            await asyncio.sleep(0.01)
+        (hub_side,) = wired.hub.links - before
+        writes: list[bytes] = []
+        transport = hub_side.transport
+        assert transport is not None
+        real_write = transport.write
+        transport.write = lambda data: (writes.append(bytes(data)), real_write(data))[1]  # type: ignore[method-assign]
+        await loop.sock_sendall(sock, framed(encode((1, [record(1)])), encode((2, [record(2), record(3)]))))
+        received = b""
+        while len(received) < 2 * (4 + len(encode((1, "")))):
+            received += await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+        collector = Collector()
+        collector.data_received(received)
+        assert sorted(msgspec.msgpack.decode(f) for f in collector.frames) == [[1, ""], [2, ""]]
+        assert len(writes) == 1
+        assert len(stored_ids(wired.storage.path)) == 3
+    finally:
+        sock.close()

@@ -54,7 +54,13 @@ class PropertyReport:
 
 class DeviceCore:
     def __init__(
-        self, settings: Settings, registry: Registry, ingestor: IngestQueue, signer: TokenSigner, ids: MessageIds
+        self,
+        settings: Settings,
+        registry: Registry,
+        ingestor: IngestQueue,
+        signer: TokenSigner,
+        ids: MessageIds,
+        track_seen: bool = True,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -63,8 +69,12 @@ class DeviceCore:
         self.ids = ids
         self.limiter = RateLimiter(settings.device_rate_per_s, settings.device_rate_burst)
         self.auth_limiter = RateLimiter(settings.auth_rate_per_s, settings.auth_rate_burst)
+        # last report time per device, read by the admin API, /metrics and lifecycle forwarding. A
+        # device worker on SQLite has none of those (the main process folds every commit it makes
+        # into its own): track_seen=False spares it a pass over each answered frame.
         self.last_seen: dict[int, int] = {}
-        ingestor.after_commit.append(self._note_seen)
+        if track_seen:
+            ingestor.after_commit.append(self._note_seen)
 
     # -- credentials ----------------------------------------------------------------------
     async def credentials(self, product_key: str, device_name: str, *, allow_disabled: bool = False) -> DeviceRow:

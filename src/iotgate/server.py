@@ -138,8 +138,10 @@ class Platform:
             self.ingestor,
             TokenSigner(bytes.fromhex(key_hex)),
             MessageIds(self.settings.node_id + self.worker),
+            track_seen=not remote_ingest,
         )
-        self.core.last_seen.update(await self.storage.last_seen())
+        if not remote_ingest:
+            self.core.last_seen.update(await self.storage.last_seen())
         from iotgate.forward.engine import Forwarder
 
         if not remote_ingest:  # a worker on SQLite sends records to the main process, which builds the outbox

@@ -130,7 +130,9 @@ class HttpConnection(asyncio.Protocol):
         "_headers",
         "_in_message",
         "_limit",
+        "_paused",
         "_queue",
+        "_target",
         "_url",
         "address_counted",
         "client",
@@ -155,10 +157,12 @@ class HttpConnection(asyncio.Protocol):
         self._error_sent = False
         self._discard_left = 0  # input bytes still swallowed after an error reply
         self._in_message = False
+        self._paused = False  # we paused reading (pipelining limit, swallowing): resume only then
         self._reset()
 
     def _reset(self) -> None:
         self._url = b""
+        self._target: tuple[str, str] | None = None  # (path, query) once parsed at the header's end
         self._headers: dict[str, str] = {}
         self._header_bytes = 0
         self._body: list[bytes] = []
@@ -231,7 +235,9 @@ class HttpConnection(asyncio.Protocol):
         self._headers[key] = text if previous is None else previous + ", " + text
 
     def on_headers_complete(self) -> None:
-        path = self._path()
+        # the URL is complete now: parse it once, for the body limit and for the Request
+        target = self._target = _parse_target(self._url)
+        path = target[0] if target is not None else "/"
         self._limit = self.server.app.body_limit(path)
         length = self._headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > self._limit:
@@ -253,15 +259,13 @@ class HttpConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        target = self._target
+        if target is None:  # not a valid URL (on_headers_complete always ran before this)
+            self._fail(self.server.app.bad_request("/", "the request target is not a valid URL path"))
+            raise _Refused
         req = Request()
         req.method = self.parser.get_method()
-        try:
-            url = httptools.parse_url(self._url)
-        except httptools.HttpParserInvalidURLError:
-            self._fail(self.server.app.bad_request("/", "the request target is not a valid URL path"))
-            raise _Refused from None
-        req.path = url.path.decode("latin-1") if url.path else "/"
-        req.query = url.query.decode("latin-1") if url.query else ""
+        req.path, req.query = target
         req.headers = self._headers
         req.body = b"".join(self._body)
         req.version = self.parser.get_http_version()
@@ -272,6 +276,7 @@ class HttpConnection(asyncio.Protocol):
         self._queue.append(req)
         self.deadline = self.server.now() + self.server.limits.idle_timeout_s
         if len(self._queue) >= MAX_PIPELINED and self.transport:
+            self._paused = True
             self.transport.pause_reading()
         self._kick()
 
@@ -302,7 +307,9 @@ class HttpConnection(asyncio.Protocol):
                 if not keep:
                     self.close()
                     return
-                if len(self._queue) < MAX_PIPELINED and not self._failed:
+                if self._paused and len(self._queue) < MAX_PIPELINED and not self._failed:
+                    # only when paused: a call down through the TLS layer per reply otherwise
+                    self._paused = False
                     self.transport.resume_reading()
                 self.deadline = self.server.now() + self.server.limits.idle_timeout_s
             if not self._in_message:  # idle until the next request: no parser held meanwhile
@@ -331,6 +338,7 @@ class HttpConnection(asyncio.Protocol):
         self._error_sent = True
         self._queue.clear()
         if self._discard_left > 0:
+            self._paused = False
             self.transport.resume_reading()
             self.deadline = self.server.now() + LINGER_S
         else:
@@ -342,6 +350,7 @@ class HttpConnection(asyncio.Protocol):
             if self._error_sent:
                 self.close()
             elif self.transport is not None:
+                self._paused = True
                 self.transport.pause_reading()  # the reply is still queued; stop reading until it is sent
 
     def close(self) -> None:
@@ -371,11 +380,18 @@ class HttpConnection(asyncio.Protocol):
             raise _Refused
 
     def _path(self) -> str:
-        try:
-            url = httptools.parse_url(self._url) if self._url else None
-        except httptools.HttpParserInvalidURLError:
-            return "/"
-        return url.path.decode("latin-1") if url and url.path else "/"
+        target = self._target or (_parse_target(self._url) if self._url else None)
+        return target[0] if target is not None else "/"
+
+
+def _parse_target(url: bytes) -> tuple[str, str] | None:
+    """(path, query) of a request target; None: not a valid URL."""
+    try:
+        parsed = httptools.parse_url(url)
+    except httptools.HttpParserInvalidURLError:
+        return None
+    path, query = parsed.path, parsed.query
+    return (path.decode("latin-1") if path else "/", query.decode("latin-1") if query else "")
 
 
 class _Refused(Exception):

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from iotgate.framing import FramedProtocol
+from iotgate.framing import LENGTH, FramedProtocol
 from iotgate.ingest.pipeline import EAGER_BATCH, Ingestor, OutboxSource, ShuttingDown
 from iotgate.storage.base import Record
 
@@ -87,6 +87,10 @@ class _HubConnection(FramedProtocol):
     def __init__(self, hub: IngestHub) -> None:
         super().__init__()
         self.hub = hub
+        # answers due in this loop pass, written together: a commit usually answers both of a
+        # worker's frames in flight, and each write is a syscall here plus a wake-up and a read
+        # in the worker
+        self._answers: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -123,7 +127,16 @@ class _HubConnection(FramedProtocol):
 
     def _answer(self, seq: int, fut: asyncio.Future[None]) -> None:
         exc = fut.exception()
-        self.send(self._encode((seq, "" if exc is None else str(exc) or type(exc).__name__)))
+        body = self._encode((seq, "" if exc is None else str(exc) or type(exc).__name__))
+        if not self._answers:
+            # after the other done-callbacks of the same commit, which run in this pass
+            asyncio.get_running_loop().call_soon(self._send_answers)
+        self._answers.append(LENGTH.pack(len(body)) + body)
+
+    def _send_answers(self) -> None:
+        answers, self._answers = self._answers, []
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
 
 
 def _peer_uid(transport: asyncio.BaseTransport) -> int | None:
