@@ -110,6 +110,39 @@ def test_a_dead_worker_is_replaced(server: ServerProcess, admin: Admin) -> None:
     assert report_on_fresh_connections(server, pk, "after-kill", dev["deviceSecret"], 24) == {11, 12}
 
 
+def test_a_killed_workers_running_status_is_replayed_by_its_successor(
+    tmp_path: Path, pg_url: str, server: ServerProcess, admin: Admin
+) -> None:
+    """Values a worker committed but never flushed (its flush is an hour away) reach the admin API
+    once the worker is SIGKILLed and its successor starts (storage/pg_running_status.py)."""
+    pk = admin.product(SEED_MODEL)
+    dev = admin.device(pk, "replay-01")
+    slow = ServerProcess(
+        tmp_path / "data", "--database", pg_url, "--workers", "2", "--node-id", "40",
+        "--running-status-flush-ms", "3600000", env={"IOTGATE_MASTER_KEY": MASTER_KEY},
+    ).start()  # fmt: skip
+    try:
+        topic = f"/topic/sys/{pk}/replay-01/thing/event/property/post"
+        with slow.device_client() as device:
+            token = device.post("/auth", json=alink_auth_body(pk, "replay-01", dev["deviceSecret"])).json()
+            for t in (30, 31, 32):
+                body = json.dumps({"id": str(t), "params": {"temperature": t, "humidity": t + 10}})
+                r = device.post(topic, content=body, headers={"password": token["info"]["token"]})
+                assert r.json()["code"] == 0, r.text
+        with slow.admin() as c:
+            slow_admin = Admin(c)
+            assert [v for _, v in slow_admin.history(pk, "replay-01")] == [32, 31, 30]  # history: at once
+            before = slow_admin.properties(pk, "replay-01")
+            assert before["temperature"].get("value") is None  # committed, not yet flushed
+            assert slow.proc is not None
+            for pid in worker_pids(slow.proc.pid):
+                subprocess.run(["kill", "-KILL", str(pid)], check=True)
+            status = slow_admin.properties_when(pk, "replay-01", within_s=30, temperature=32, humidity=42)
+            assert status["temperature"]["value"] == 32 and status["humidity"]["value"] == 42
+    finally:
+        slow.stop()
+
+
 def test_sigterm_stops_the_workers_with_the_server(server: ServerProcess) -> None:
     """Last in this module: it stops the module's server."""
     stop_with_sigterm_and_check_the_workers_went_too(server)
