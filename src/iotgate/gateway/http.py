@@ -408,6 +408,7 @@ class DeviceServer:
         self.closing = False
         self.refused = 0
         self._servers: list[asyncio.AbstractServer] = []
+        self._tls_listeners: list[TlsListener] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.on_refused: Callable[[str], None] | None = None
 
@@ -456,7 +457,9 @@ class DeviceServer:
         if ssl_context is not None:
             # TLS in our own layer on the TCP transport, not the loop's SSL transport: ~7 KiB less
             # per idle connection at the same CPU per request (tls_transport.py, docs/benchmarks.md)
-            factory = TlsListener(ssl_context, connection, self.limits.header_timeout_s, self.loop, gate=self)
+            listener = TlsListener(ssl_context, connection, self.limits.header_timeout_s, self.loop, gate=self)
+            self._tls_listeners.append(listener)
+            factory = listener
         server = await self.loop.create_server(
             factory, host=host, port=port, reuse_port=reuse_port or None, backlog=2048
         )
@@ -472,6 +475,8 @@ class DeviceServer:
             now = self.now()
             for conn in [c for c in self.connections if c.deadline < now]:
                 conn.timed_out()
+            for listener in self._tls_listeners:  # ~3 KB of TLS buffers per connection that went quiet
+                listener.release_idle_buffers()
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish, then close what is left."""
