@@ -10,7 +10,8 @@ process on uvloop so that its live OpenSSL objects can be inspected:
 * a handshake the server refuses is answered with a TLS alert, not a reset;
 * close_notify both ways;
 * a connection that has gone quiet gives back its memory BIOs' buffers (they keep the size of the
-  handshake's flights otherwise) and goes on working.
+  handshake's flights otherwise) and goes on working, and holds no HTTP parser or per-request
+  containers of its own.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import pytest
 
 from conftest import SEED_MODEL, Admin
 from iotgate.config import Settings
-from iotgate.gateway import tls_buffers, tls_transport
+from iotgate.gateway import http, tls_buffers, tls_transport
 from iotgate.server import Platform
 from test_listener_support import Wire, alink_json, client_context, property_topic, sdk_auth_bytes, sdk_post_bytes
 
@@ -371,3 +372,28 @@ def test_a_quiet_connection_gives_back_its_bio_buffers(live: LivePlatform, devic
             assert [w.response().code for _ in range(40)] == [0] * 40
         assert any(size != (0, 0) for size in _bio_capacities(live, openssl))  # they grew again ...
         assert _wait_released(live, openssl) == [(0, 0)] * len(CLIENTS)  # ... and are given back again
+
+
+def test_an_idle_connection_holds_no_parser_or_request_containers(
+    live: LivePlatform, device: tuple[str, str, str]
+) -> None:
+    live.wait_connections(0)
+
+    def idle_state() -> list[tuple[bool, bool, bool]]:
+        async def read() -> list[tuple[bool, bool, bool]]:
+            return [
+                (c.parser is http._IDLE_PARSER, c._headers is http._NO_HEADERS, c._body is http._NO_BODY)
+                for c in live.platform.device_server.connections
+            ]
+
+        return live.run(read())
+
+    with Wire(live.port, client_context(live.cert)) as w:
+        assert live.wait_connections(1) == 1
+        assert idle_state() == [(True, True, True)]  # handshake done, no request yet: no parser made
+        _report(w, device, 33)
+        deadline = time.monotonic() + 5
+        while idle_state() != [(True, True, True)] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the reply is written before the request's task ends
+        assert idle_state() == [(True, True, True)]
+        assert http._NO_HEADERS == {} and http._NO_BODY == []  # the shared empties were never written

@@ -58,6 +58,7 @@ _AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError)  # a
 
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 ADDRESS_COUNTED = "iotgate_address_counted"  # extra info: this transport counted its client address
+CLIENT_ADDRESS = "iotgate_client_address"  # extra info: the client's IP address, when this layer read it
 
 
 class AddressGate(Protocol):
@@ -352,6 +353,8 @@ class TlsConnection(asyncio.Transport, asyncio.Protocol):
             return sslobj
         if name == ADDRESS_COUNTED:
             return self._counted
+        if name == CLIENT_ADDRESS:
+            return self._client or default
         if sslobj is not None and self._state != _HANDSHAKE:
             if name == "cipher":
                 return sslobj.cipher()
