@@ -86,7 +86,8 @@ class TlsListener:
         self.handshake_timeout_s = handshake_timeout_s
         self.loop = loop
         self.gate = gate
-        # connections that moved bytes since the last sweep, and in the sweep before it
+        # connections that moved bytes since the last sweep, and in the sweep before it (a closed
+        # one stays until the next sweep drops it: cheaper than removing it at every close)
         self._recent: set[TlsConnection] = set()
         self._previous: set[TlsConnection] = set()
 
