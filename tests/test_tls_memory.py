@@ -8,7 +8,10 @@ process on uvloop so that its live OpenSSL objects can be inspected:
   authenticate and report, and what they report is committed;
 * pipelined input far larger than one BIO feed slice, with records split across slices;
 * a handshake the server refuses is answered with a TLS alert, not a reset;
-* close_notify both ways.
+* close_notify both ways;
+* a connection that has gone quiet gives back its memory BIOs' buffers (they keep the size of the
+  handshake's flights otherwise) and goes on working, and holds no HTTP parser or per-request
+  containers of its own.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import pytest
 
 from conftest import SEED_MODEL, Admin
 from iotgate.config import Settings
-from iotgate.gateway import tls_transport
+from iotgate.gateway import http, tls_buffers, tls_transport
 from iotgate.server import Platform
 from test_listener_support import Wire, alink_json, client_context, property_topic, sdk_auth_bytes, sdk_post_bytes
 
@@ -39,6 +42,20 @@ T = TypeVar("T")
 
 SSL_CTRL_MODE = 33  # SSL_get_mode(s) == SSL_ctrl(s, SSL_CTRL_MODE, 0, NULL); likewise for SSL_CTX
 SSL_MODE_RELEASE_BUFFERS = 0x10
+BIO_TYPE_MEM = 0x0401
+BIO_CTRL_PENDING = 10
+BIO_C_GET_BUF_MEM_PTR = 115  # BIO_get_mem_ptr()
+
+
+class BufMem(ctypes.Structure):
+    """OpenSSL's BUF_MEM (include/openssl/buffer.h): `max` is the allocated size."""
+
+    _fields_ = (
+        ("length", ctypes.c_size_t),
+        ("data", ctypes.c_void_p),
+        ("max", ctypes.c_size_t),
+        ("flags", ctypes.c_ulong),
+    )
 
 
 # -- OpenSSL through ctypes, verified at every step ----------------------------------------------
@@ -60,6 +77,8 @@ class OpenSSL:
             self.ssl_ctrl = lib.SSL_ctrl
             self.ctx_options = lib.SSL_CTX_get_options
             self.ssl_ctx_of = lib.SSL_get_SSL_CTX
+            self.bio_ctrl = lib.BIO_ctrl
+            self.bio_type = lib.BIO_method_type
         except (OSError, AttributeError) as exc:
             pytest.skip(f"OpenSSL functions not reachable through {_ssl.__file__}: {exc}")
         self.version.restype, self.version.argtypes = ctypes.c_ulong, []
@@ -69,6 +88,8 @@ class OpenSSL:
         self.ssl_ctrl.restype, self.ssl_ctrl.argtypes = long_, [void, ctypes.c_int, long_, void]
         self.ctx_options.restype, self.ctx_options.argtypes = ctypes.c_uint64, [void]
         self.ssl_ctx_of.restype, self.ssl_ctx_of.argtypes = void, [void]
+        self.bio_ctrl.restype, self.bio_ctrl.argtypes = long_, [void, ctypes.c_int, long_, void]
+        self.bio_type.restype, self.bio_type.argtypes = ctypes.c_int, [void]
 
     @staticmethod
     def _field(obj: object, index: int) -> int:
@@ -88,6 +109,15 @@ class OpenSSL:
         pointer = self._field(inner, 1)
         assert pointer and self.ssl_ctx_of(pointer) == ctx_pointer, "pointer is not an SSL of this SSL_CTX"
         return pointer
+
+    def bio_capacity(self, bio: ssl.MemoryBIO) -> int:
+        """Bytes allocated for a MemoryBIO's buffer (PySSLMemoryBIO: `BIO *bio` after the header)."""
+        pointer = self._field(bio, 0)
+        assert pointer and self.bio_type(pointer) == BIO_TYPE_MEM, "not a memory BIO"
+        assert self.bio_ctrl(pointer, BIO_CTRL_PENDING, 0, None) == bio.pending, "not this MemoryBIO's BIO"
+        buf = ctypes.POINTER(BufMem)()
+        assert self.bio_ctrl(pointer, BIO_C_GET_BUF_MEM_PTR, 0, ctypes.byref(buf)) == 1
+        return int(buf.contents.max)
 
     def ctx_mode(self, ctx_pointer: int) -> int:
         return int(self.ctx_ctrl(ctx_pointer, SSL_CTRL_MODE, 0, None))
@@ -274,3 +304,96 @@ def test_close_notify_both_ways(live: LivePlatform, device: tuple[str, str, str]
         w.tls.settimeout(10)
         w.tls.unwrap()  # sends close_notify and waits for the server's
         assert live.wait_connections(before) == before
+
+
+def test_release_frees_an_empty_bio_buffer_and_the_bio_goes_on() -> None:
+    openssl = OpenSSL()
+    assert tls_buffers.available()
+    bio = ssl.MemoryBIO()
+    bio.write(b"x" * 5000)
+    assert not tls_buffers.release(bio)  # holds bytes: left alone
+    assert bio.pending == 5000
+    assert openssl.bio_capacity(bio) >= 5000
+    assert bio.read() == b"x" * 5000
+    assert openssl.bio_capacity(bio) >= 5000  # read out, still allocated: BIO_s_mem never shrinks
+    assert tls_buffers.release(bio)
+    assert openssl.bio_capacity(bio) == 0
+    bio.write(b"abc")
+    assert bio.read() == b"abc"
+    bio.write_eof()  # the EOF flag lives in the BIO, not in its buffer
+    assert bio.eof
+
+
+def _bio_capacities(live: LivePlatform, openssl: OpenSSL) -> list[tuple[int, int]]:
+    """(incoming, outgoing) buffer sizes of every live TLS connection, read inside the loop."""
+
+    async def read() -> list[tuple[int, int]]:
+        out = []
+        for conn in live.platform.device_server.connections:
+            tls = conn.transport
+            assert isinstance(tls, tls_transport.TlsConnection)
+            assert tls._in is not None and tls._out is not None
+            out.append((openssl.bio_capacity(tls._in), openssl.bio_capacity(tls._out)))
+        return out
+
+    return live.run(read())
+
+
+def _wait_released(live: LivePlatform, openssl: OpenSSL, timeout: float = 10) -> list[tuple[int, int]]:
+    deadline = time.monotonic() + timeout
+    sizes = _bio_capacities(live, openssl)
+    while any(size != (0, 0) for size in sizes) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        sizes = _bio_capacities(live, openssl)
+    return sizes
+
+
+def test_a_quiet_connection_gives_back_its_bio_buffers(live: LivePlatform, device: tuple[str, str, str]) -> None:
+    openssl = OpenSSL()
+    pk, dn, secret = device
+    live.wait_connections(0)
+    with contextlib.ExitStack() as stack:
+        wires = []
+        for i, (max_version, ciphers, _, _) in enumerate(CLIENTS.values()):
+            w = stack.enter_context(Wire(live.port, client_context(live.cert, max_version, ciphers)))
+            _report(w, device, 10 + i)
+            wires.append(w)
+        assert live.wait_connections(len(CLIENTS)) == len(CLIENTS)
+        # quiet for a sweep period (0.5 s): both buffers freed, ClientHello and certificate flight included
+        assert _wait_released(live, openssl) == [(0, 0)] * len(CLIENTS)
+        for w in wires:  # the connections go on: a report, then a pipelined burst across feed slices
+            w.send(sdk_auth_bytes(pk, dn, secret))
+            token = w.response().json()["info"]["token"]
+            batch = b"".join(
+                sdk_post_bytes(property_topic(pk, dn), token, alink_json({"temperature": v})) for v in range(40)
+            )
+            assert len(batch) > 2 * tls_transport.FEED_BYTES
+            w.send(batch)
+            assert [w.response().code for _ in range(40)] == [0] * 40
+        assert any(size != (0, 0) for size in _bio_capacities(live, openssl))  # they grew again ...
+        assert _wait_released(live, openssl) == [(0, 0)] * len(CLIENTS)  # ... and are given back again
+
+
+def test_an_idle_connection_holds_no_parser_or_request_containers(
+    live: LivePlatform, device: tuple[str, str, str]
+) -> None:
+    live.wait_connections(0)
+
+    def idle_state() -> list[tuple[bool, bool, bool]]:
+        async def read() -> list[tuple[bool, bool, bool]]:
+            return [
+                (c.parser is http._IDLE_PARSER, c._headers is http._NO_HEADERS, c._body is http._NO_BODY)
+                for c in live.platform.device_server.connections
+            ]
+
+        return live.run(read())
+
+    with Wire(live.port, client_context(live.cert)) as w:
+        assert live.wait_connections(1) == 1
+        assert idle_state() == [(True, True, True)]  # handshake done, no request yet: no parser made
+        _report(w, device, 33)
+        deadline = time.monotonic() + 5
+        while idle_state() != [(True, True, True)] and time.monotonic() < deadline:
+            time.sleep(0.05)  # the reply is written before the request's task ends
+        assert idle_state() == [(True, True, True)]
+        assert http._NO_HEADERS == {} and http._NO_BODY == []  # the shared empties were never written

@@ -19,7 +19,7 @@ from typing import Protocol as TypingProtocol
 import httptools
 
 from iotgate import metrics
-from iotgate.gateway.tls_transport import ADDRESS_COUNTED, TlsListener
+from iotgate.gateway.tls_transport import ADDRESS_COUNTED, CLIENT_ADDRESS, TlsListener
 
 log = logging.getLogger("iotgate.gateway")
 
@@ -44,6 +44,10 @@ LINGER_S = 2.0
 # Stands in for the parser of a kept-alive connection between requests: ~1 KB less per idle
 # connection; data_received makes a new parser for the next request (~0.4 µs).
 _IDLE_PARSER = httptools.HttpRequestParser(object())
+# Between requests a connection holds these shared, never-written empties instead of a dict and a
+# list of its own (~120 B per idle connection); on_message_begin gives each request fresh ones.
+_NO_HEADERS: dict[str, str] = {}
+_NO_BODY: list[bytes] = []
 
 
 class Request:
@@ -146,7 +150,9 @@ class HttpConnection(asyncio.Protocol):
     def __init__(self, server: DeviceServer) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpRequestParser(self)  # _IDLE_PARSER between requests (see _process)
+        # a parser is made when the first bytes come (data_received): ~1 KB less for a connection
+        # that has done its handshake but not sent a request yet; _IDLE_PARSER between requests
+        self.parser = _IDLE_PARSER
         self.client = ""
         self.address_counted = False
         self._queue: list[Request | Response] = []  # a Response is a final error reply; list: 0.7 KB < deque
@@ -163,9 +169,9 @@ class HttpConnection(asyncio.Protocol):
     def _reset(self) -> None:
         self._url = b""
         self._target: tuple[str, str] | None = None  # (path, query) once parsed at the header's end
-        self._headers: dict[str, str] = {}
+        self._headers = _NO_HEADERS
         self._header_bytes = 0
-        self._body: list[bytes] = []
+        self._body = _NO_BODY
         self._body_size = 0
         self._limit = 0
 
@@ -177,8 +183,11 @@ class HttpConnection(asyncio.Protocol):
     # -- connection events ----------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's transports are not asyncio.Transport
-        peer = transport.get_extra_info("peername")
-        self.client = peer[0] if peer else ""
+        client = transport.get_extra_info(CLIENT_ADDRESS)  # the TLS layer's: one string, no second getpeername
+        if client is None:
+            peer = transport.get_extra_info("peername")
+            client = peer[0] if peer else ""
+        self.client = client
         self.address_counted = bool(transport.get_extra_info(ADDRESS_COUNTED))  # by the TLS layer
         if not self.server.admit(self):
             assert self.transport is not None
@@ -217,6 +226,8 @@ class HttpConnection(asyncio.Protocol):
     # -- parser callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
+        self._headers = {}
+        self._body = []
         self._in_message = True
         # the whole header must arrive within header_timeout_s of its first byte (slowloris)
         self.deadline = self.server.now() + self.server.limits.header_timeout_s
@@ -408,6 +419,7 @@ class DeviceServer:
         self.closing = False
         self.refused = 0
         self._servers: list[asyncio.AbstractServer] = []
+        self._tls_listeners: list[TlsListener] = []
         self._sweeper: asyncio.Task[None] | None = None
         self.on_refused: Callable[[str], None] | None = None
 
@@ -456,7 +468,9 @@ class DeviceServer:
         if ssl_context is not None:
             # TLS in our own layer on the TCP transport, not the loop's SSL transport: ~7 KiB less
             # per idle connection at the same CPU per request (tls_transport.py, docs/benchmarks.md)
-            factory = TlsListener(ssl_context, connection, self.limits.header_timeout_s, self.loop, gate=self)
+            listener = TlsListener(ssl_context, connection, self.limits.header_timeout_s, self.loop, gate=self)
+            self._tls_listeners.append(listener)
+            factory = listener
         server = await self.loop.create_server(
             factory, host=host, port=port, reuse_port=reuse_port or None, backlog=2048
         )
@@ -472,6 +486,8 @@ class DeviceServer:
             now = self.now()
             for conn in [c for c in self.connections if c.deadline < now]:
                 conn.timed_out()
+            for listener in self._tls_listeners:  # ~3 KB of TLS buffers per connection that went quiet
+                listener.release_idle_buffers()
 
     async def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish, then close what is left."""

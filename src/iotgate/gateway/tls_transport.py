@@ -5,7 +5,8 @@ listener holds many idle TLS connections. Measured per idle connection (OpenSSL 
 0.23; docs/benchmarks.md, "Idle TLS connections"):
 
 * OpenSSL itself holds ~17 KB after the handshake: the `SSL` structure (7.6 KB in 3.0), the
-  record ciphers and MACs, the session, and the grown buffers of the two memory BIOs. CPython
+  record ciphers and MACs, the session, and the grown buffers of the two memory BIOs (~3 KB,
+  freed once the connection is quiet: see the end of this docstring). CPython
   already sets `SSL_MODE_RELEASE_BUFFERS` on every context, so the 2 x ~17 KB record buffers are
   freed between records; nothing more can be released through the `ssl` module.
 * uvloop's SSL transport adds ~7 KiB on top: a 256 KiB receive buffer malloc'ed per
@@ -30,6 +31,12 @@ Behaviour, as uvloop's SSL transport for a server:
 * `close()` sends close_notify after what was written, then keeps reading (and discarding)
   until the peer answers with its close_notify or EOF, at most `SHUTDOWN_TIMEOUT_S`, so a
   client still sending does not get a reset before it has read the reply.
+
+The two memory BIOs keep the size of the most bytes they ever held (the handshake's flights:
+~3 KB of an idle connection's ~20). A connection that has moved bytes is remembered by its
+listener; one that then stays quiet for a sweep period (DeviceServer calls
+`TlsListener.release_idle_buffers()` every 0.5 s) gets both buffers freed (tls_buffers.py),
+so this costs nothing per request on a busy connection and ~2 µs once per quiet spell.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from iotgate.gateway import tls_buffers
+
 log = logging.getLogger("iotgate.gateway")
 
 FEED_BYTES = 4096  # largest slice written to the incoming BIO at once (its buffer keeps the largest size)
@@ -49,6 +58,7 @@ _AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError)  # a
 
 _HANDSHAKE, _OPEN, _CLOSING, _CLOSED = range(4)
 ADDRESS_COUNTED = "iotgate_address_counted"  # extra info: this transport counted its client address
+CLIENT_ADDRESS = "iotgate_client_address"  # extra info: the client's IP address, when this layer read it
 
 
 class AddressGate(Protocol):
@@ -61,7 +71,7 @@ class AddressGate(Protocol):
 class TlsListener:
     """What every connection of one listener shares: context, app protocol factory, timeout."""
 
-    __slots__ = ("app_factory", "context", "gate", "handshake_timeout_s", "loop")
+    __slots__ = ("_previous", "_recent", "app_factory", "context", "gate", "handshake_timeout_s", "loop")
 
     def __init__(
         self,
@@ -76,10 +86,23 @@ class TlsListener:
         self.handshake_timeout_s = handshake_timeout_s
         self.loop = loop
         self.gate = gate
+        # connections that moved bytes since the last sweep, and in the sweep before it (a closed
+        # one stays until the next sweep drops it: cheaper than removing it at every close)
+        self._recent: set[TlsConnection] = set()
+        self._previous: set[TlsConnection] = set()
 
     def __call__(self) -> TlsConnection:
         """Protocol factory for `loop.create_server(..., ssl=None)`."""
         return TlsConnection(self)
+
+    def release_idle_buffers(self) -> None:
+        """Free the BIO buffers of the connections that moved bytes in the period before last and
+        none in the last one; called once a period (DeviceServer's sweep)."""
+        quiet = self._previous - self._recent
+        self._previous, self._recent = self._recent, set()
+        if tls_buffers.available():
+            for conn in quiet:
+                conn.release_buffers()
 
 
 class TlsConnection(asyncio.Transport, asyncio.Protocol):
@@ -123,6 +146,7 @@ class TlsConnection(asyncio.Transport, asyncio.Protocol):
         incoming = self._in
         if incoming is None:
             return
+        self._listener._recent.add(self)  # the BIO buffers may grow: free them once quiet
         if len(data) <= FEED_BYTES:
             incoming.write(data)
             self._process()
@@ -222,6 +246,13 @@ class TlsConnection(asyncio.Transport, asyncio.Protocol):
         if out is not None and tcp is not None and out.pending:
             tcp.write(out.read())
 
+    def release_buffers(self) -> None:
+        """Free the memory BIOs' buffers that are empty (an idle connection's are): ~3 KB after a
+        handshake; they grow again as the next bytes come or go."""
+        if self._state in (_HANDSHAKE, _OPEN) and self._in is not None and self._out is not None:
+            tls_buffers.release(self._in)
+            tls_buffers.release(self._out)
+
     def _timed_out(self) -> None:
         self._timer = None
         if self._state == _HANDSHAKE:
@@ -249,6 +280,7 @@ class TlsConnection(asyncio.Transport, asyncio.Protocol):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._state != _OPEN or self._ssl is None:
             return
+        self._listener._recent.add(self)  # the outgoing BIO may grow (see data_received)
         try:
             self._ssl.write(data)
         except ssl.SSLError as exc:
@@ -322,6 +354,8 @@ class TlsConnection(asyncio.Transport, asyncio.Protocol):
             return sslobj
         if name == ADDRESS_COUNTED:
             return self._counted
+        if name == CLIENT_ADDRESS:
+            return self._client or default
         if sslobj is not None and self._state != _HANDSHAKE:
             if name == "cipher":
                 return sslobj.cipher()
