@@ -5,8 +5,8 @@ With SQLite and `--workers N`, N device-listener processes parse HTTP, check tok
 connection (an SQLite file must have exactly one writer) and commits what every worker sends.
 A worker's `IngestLink` stands in for the `Ingestor`: it queues records, sends what queued as one
 frame over a Unix socket (at the end of a loop pass if no frame is out, else when the answer comes;
-a busy pass may send a second frame while one is out), and resolves each request's future when the main process's `IngestHub` says the
-batches holding the frame's records are committed. Acknowledged still means durable: a device
+only a busy pass sends a second frame while one is out), and resolves each request's future when
+the main process's `IngestHub` says the batches holding the frame's records are committed. Acknowledged still means durable: a device
 hears "success" only after that answer, which comes after COMMIT.
 
 Frames are a 4-byte big-endian length and a msgpack body (msgspec): worker to main
