@@ -111,6 +111,29 @@ async def test_a_small_batch_waits_a_moment_for_more_unless_told_not_to(
         await storage.close()
 
 
+async def test_a_small_batch_stops_waiting_once_enough_company_came(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The small-batch wait ends as soon as EAGER_BATCH reports are pending: a busy moment commits
+    at once, as a busy loop pass does, instead of waiting out the rest of the wait."""
+    monkeypatch.setattr(pipeline, "SMALL_BATCH_WAIT_S", 30.0)
+    storage = SqliteStorage(tmp_path / "db.sqlite")
+    await storage.open()
+    ingestor = Ingestor(storage, max_delay_ms=60_000.0)
+    ingestor.start()
+    try:
+        first = [ingestor.submit(record(1)) for _ in range(2)]
+        await asyncio.sleep(0.05)  # the two are waiting for company now
+        assert ingestor._draining and ingestor.batches == 0
+        later = ingestor.submit_many([record(100 + i) for i in range(pipeline.EAGER_BATCH)])
+        await asyncio.wait_for(asyncio.gather(*first, *later), 10)  # not the 30 s wait
+        assert ingestor.batches == 1
+        assert history_count(storage.path) == 2 + pipeline.EAGER_BATCH
+    finally:
+        await ingestor.stop()
+        await storage.close()
+
+
 async def test_the_records_of_one_request_share_a_batch(tmp_path: Path) -> None:
     storage = SqliteStorage(tmp_path / "db.sqlite")
     await storage.open()

@@ -188,14 +188,23 @@ async def test_large_messages_do_not_wait_in_one_huge_frame(wired: Link) -> None
 
 
 class SilentWriter:
-    """A Unix socket that accepts a link and reads its frames but never answers (a stuck writer)."""
+    """A Unix socket that accepts a link and reads its frames but answers only when told to (a stuck
+    or slow writer)."""
 
     def __init__(self) -> None:
         self.path = f"\0iotgate-test-{secrets.token_hex(6)}"
         self.received = 0
+        self.writer: asyncio.StreamWriter | None = None
+
+    def answer(self, seq: int) -> None:
+        """Tell the link that its frame `seq` is committed, as the hub does."""
+        assert self.writer is not None
+        body = msgspec.msgpack.encode((seq, ""))
+        self.writer.write(struct.pack(">I", len(body)) + body)
 
     async def start(self) -> None:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.writer = writer
             while data := await reader.read(65536):
                 self.received += len(data)
 
@@ -213,12 +222,41 @@ async def test_frames_in_flight_are_bounded_and_the_rest_waits_for_an_answer() -
     try:
         link.submit(record(1))  # sent at the end of the loop pass...
         link.submit_many([record(2) for _ in range(16)])  # ...unless a busy pass sends first: frame 1
-        link.submit(record(3))  # frame 2, at the end of the pass
+        link.submit(record(3))  # a small frame waits for the answer to frame 1
+        await asyncio.sleep(0.05)
+        assert len(link._inflight) == 1 and len(link._pending) == 1
+        link.submit_many([record(4) for _ in range(16)])  # a busy pass may send a second one: frame 2
         await asyncio.sleep(0.05)
         assert len(link._inflight) == 2 and not link._pending
-        link.submit(record(4))  # no third frame while two are unanswered
+        link.submit_many([record(5) for _ in range(16)])  # never a third, however busy
         await asyncio.sleep(0.05)
-        assert len(link._inflight) == 2 and len(link._pending) == 1
+        assert len(link._inflight) == 2 and len(link._pending) == 16
+    finally:
+        link.transport.close()  # type: ignore[union-attr]
+        silent.server.close()
+
+
+async def test_a_small_frame_waits_for_the_answer_then_goes_at_once() -> None:
+    """Under light load (a few reports per loop pass, e.g. a new TLS connection per report) a worker
+    keeps one frame out: what queues meanwhile goes in one frame when the answer comes, instead of a
+    frame (a write, a wake-up and a read in both processes) per loop pass."""
+    silent = SilentWriter()
+    await silent.start()
+    link = IngestLink()
+    await link.connect(silent.path)
+    try:
+        first = link.submit(record(1))
+        await asyncio.sleep(0.05)
+        assert list(link._inflight) == [1]
+        later = [link.submit(record(2)) for _ in range(3)]
+        await asyncio.sleep(0.05)  # several loop passes: still waiting for the answer to frame 1
+        assert list(link._inflight) == [1] and len(link._pending) == 3
+        silent.answer(1)
+        await asyncio.wait_for(first, 5)
+        await asyncio.sleep(0.05)
+        assert list(link._inflight) == [2] and not link._pending  # the three, in one frame
+        silent.answer(2)
+        await asyncio.wait_for(asyncio.gather(*later), 5)
     finally:
         link.transport.close()  # type: ignore[union-attr]
         silent.server.close()

@@ -121,7 +121,7 @@ DESCRIPTIONS: dict[str, str] = {
     "commit_max_reports": "Most reports per group commit (one database transaction).",
     "commit_max_delay_ms": "Longest wait for more reports before a commit with PostgreSQL; 0: commit as soon as the writer is "
     "free. SQLite commits as soon as its writer is free and batches what arrives meanwhile, except that a batch of "
-    "fewer than 16 reports waits up to 1 ms (at most this) for more; 0: never.",
+    "fewer than 16 reports waits up to 2 ms (at most this) for more, or until 16 are pending; 0: never.",
     "running_status_flush_ms": "PostgreSQL: how often each process writes the running status (newest property "
     "values, last-seen times) of the reports it committed; other processes and nodes see a device's newest values "
     "up to this late (history and messages at once). 0: upsert them in every commit (fresh everywhere, ~2x slower "

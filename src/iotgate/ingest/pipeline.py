@@ -27,11 +27,13 @@ BatchEnricher = Callable[[list[Record]], Awaitable[None] | None]
 
 EAGER_BATCH = 16  # reports of one loop pass after which a commit starts at once (SQLite)
 # SQLite: a smaller batch waits this long (from its first report's arrival, at most max_delay) for
-# more. Every commit costs a hand-off to the writer thread, WAL writes and an fsync whatever its
-# size; under light and mixed load (new connections, a few reports per pass) batches of 2-3 were
-# common. Alternated alink-post runs: CPU per report -20 %, p99 13.1-14.6 -> 11.6-12.6 ms, same
-# throughput (docs/benchmarks.md, section 15).
-SMALL_BATCH_WAIT_S = 0.001
+# more, or until EAGER_BATCH reports are pending. Every commit costs a hand-off to the writer thread,
+# WAL writes and an fsync whatever its size; under light and mixed load (new connections, a few
+# reports per pass) batches of 2-3 were common. 1 ms, alternated alink-post runs: CPU per report
+# -20 %, p99 13.1-14.6 -> 11.6-12.6 ms, same throughput (docs/benchmarks.md, section 15). 2 ms, with
+# device workers keeping one small frame out (ingest/remote.py): paced 1.8k reports/s, 3.3 -> 5.2
+# reports per commit, main-process CPU per report -29 %, p99 +2-3 ms (section 16).
+SMALL_BATCH_WAIT_S = 0.002
 
 
 class ShuttingDown(Exception):
@@ -84,6 +86,9 @@ class Ingestor:
         self._eager = bool(getattr(storage, "eager_commit", False))
         self._draining = False
         self._kick_soon = False
+        # set while a small batch waits for company (_drain): resolved early once EAGER_BATCH
+        # reports are pending, so that a busy moment never waits out the whole small-batch wait
+        self._company: asyncio.Future[None] | None = None
 
     def start(self) -> None:
         if not self._eager:
@@ -129,6 +134,8 @@ class Ingestor:
                 elif not self._kick_soon:  # otherwise once this pass's handlers have run
                     self._kick_soon = True
                     loop.call_soon(self._kick)
+            elif self._company is not None and len(self._pending) >= EAGER_BATCH:
+                _resolve(self._company)  # company came: commit now, as a busy pass would
             return
         self._wake.set()
         if len(self._pending) >= self.max_reports:
@@ -141,6 +148,8 @@ class Ingestor:
         """Refuse new reports, flush what is pending, then end."""
         self._closing = True
         self._wake.set()
+        if self._company is not None:  # a small batch waiting for company: commit it now
+            _resolve(self._company)
         if self._task is not None:
             await self._task
         while self._draining or self._pending:
@@ -168,13 +177,23 @@ class Ingestor:
             while self._pending:
                 wait = small_wait - (loop.time() - self._first_at)
                 if wait > 0 and len(self._pending) < EAGER_BATCH and not self._closing:
-                    await asyncio.sleep(wait)
+                    await self._wait_for_company(loop, wait)
                 batch = self._take_batch()
                 if self._pending:  # they arrived during the last commit: their wait starts now
                     self._first_at = loop.time()
                 await self._commit(batch)
         finally:
             self._draining = False
+
+    async def _wait_for_company(self, loop: asyncio.AbstractEventLoop, wait: float) -> None:
+        """Up to `wait` seconds, or until EAGER_BATCH reports are pending (see _queued)."""
+        self._company = company = loop.create_future()
+        timer = loop.call_later(wait, _resolve, company)
+        try:
+            await company
+        finally:
+            self._company = None
+            timer.cancel()
 
     def _take_batch(self) -> list[tuple[Record, Waiter]]:
         """The next batch: at most max_reports, except that a group (a worker's frame) is never cut
@@ -242,6 +261,11 @@ class Ingestor:
                 hook(records)
             except Exception:  # a broken observer must never undo an acknowledged commit
                 log.exception("after-commit hook failed")
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _waiters(batch: list[tuple[Record, Waiter]]) -> list[Waiter]:

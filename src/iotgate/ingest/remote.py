@@ -4,9 +4,9 @@ With SQLite and `--workers N`, N device-listener processes parse HTTP, check tok
 (the CPU-heavy part, now spread over the cores), while the main process owns the only write
 connection (an SQLite file must have exactly one writer) and commits what every worker sends.
 A worker's `IngestLink` stands in for the `Ingestor`: it queues records, sends what queued as one
-frame over a Unix socket (at the end of a loop pass, or when an earlier frame is answered: at most
-two frames in flight), and resolves each request's future when the main process's `IngestHub` says the
-batches holding the frame's records are committed. Acknowledged still means durable: a device
+frame over a Unix socket (at the end of a loop pass if no frame is out, else when the answer comes;
+only a busy pass sends a second frame while one is out), and resolves each request's future when
+the main process's `IngestHub` says the batches holding the frame's records are committed. Acknowledged still means durable: a device
 hears "success" only after that answer, which comes after COMMIT.
 
 Frames are a 4-byte big-endian length and a msgpack body (msgspec): worker to main
@@ -38,7 +38,11 @@ CommitHook = Callable[[list[Record]], None]
 # for an answer: fewer, larger frames (each costs a write and a read in both processes: ~20 % of a
 # worker's CPU with one frame per loop pass) that still meet the writer's next batch. Unbounded vs
 # at most two: 0.121 / 0.123 vs 0.113 / 0.111 CPU ms per report; strictly one vs two: within noise
-# (median 9.7k vs 10.0k msgs/s over six interleaved pairs; docs/benchmarks.md).
+# (median 9.7k vs 10.0k msgs/s over six interleaved pairs; docs/benchmarks.md). The second frame is
+# only for a busy pass (EAGER_BATCH records): a trickle of a few records per pass (light load, a new
+# TLS connection per report) waits for the answer instead of sending a frame - and waking the main
+# process - per pass. Paced 1.8k reports/s (docs/benchmarks.md, section 16): with the longer
+# small-batch wait, context switches per report 3.0 -> 1.9 (main) and 1.6 -> 1.2 (workers).
 MAX_INFLIGHT = 2
 FRAME_RECORDS = 1000  # a frame is sent at this size even while others are out
 FRAME_BYTES = 8 * 1024 * 1024  # or at this much payload (IoTDA messages may be 1 MB each)
@@ -205,7 +209,7 @@ class IngestLink(FramedProtocol):
                 self._flush()
         elif len(self._pending) >= EAGER_BATCH:  # a busy pass: send now, so the commit overlaps the rest
             self._flush()
-        elif not self._flush_soon:
+        elif not self._inflight and not self._flush_soon:  # else the answer sends these (frame_received)
             self._flush_soon = True
             loop.call_soon(self._flush_if_free)
         return [fut] * len(records)
@@ -222,10 +226,11 @@ class IngestLink(FramedProtocol):
 
     # -- frames ----------------------------------------------------------------------------------
     def _flush_if_free(self) -> None:
-        """End of a loop pass: send what queued, unless a frame went out meanwhile (then the
-        answer to it sends this)."""
+        """End of a loop pass: send what queued if no frame is out; otherwise the answer to it
+        sends this. Only a busy pass (EAGER_BATCH records, submit_many) sends a second frame
+        while one is out."""
         self._flush_soon = False
-        if len(self._inflight) < self.max_inflight:
+        if not self._inflight:
             self._flush()
 
     def _flush(self) -> None:
