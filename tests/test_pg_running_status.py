@@ -6,6 +6,7 @@ storage's connections without its final flush, as SIGKILL would.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -177,5 +178,31 @@ async def test_flush_interval_zero_upserts_in_every_commit(pg_url: str) -> None:
         assert await table_latest(a, dev.id) == {"t": ("2", 2000), "h": ("5", 2000)}
         assert dev.id in await a.last_seen()
         assert await writers(a) == []
+    finally:
+        await a.close()
+
+
+async def test_the_timed_flush_outlives_an_unexpected_error(pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = PostgresStorage(pg_url, running_status_flush_s=0.05)
+    await a.open()
+    try:
+        pk = await product(a)
+        (dev,) = await devices(a, pk, "timed-01")
+        failures = 0
+        real_write = pg_running_status.write_status
+
+        async def flaky(*args: Any) -> None:
+            nonlocal failures
+            if failures < 2:  # e.g. asyncpg's InterfaceError while a pool reconnects
+                failures += 1
+                raise RuntimeError("pool in trouble")
+            await real_write(*args)
+
+        monkeypatch.setattr(pg_running_status, "write_status", flaky)
+        await a.write_batch([report(dev.id, 1000, t=1)])
+        deadline = time.monotonic() + 5
+        while await table_latest(a, dev.id) == {} and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert failures == 2 and await table_latest(a, dev.id) == {"t": ("1", 1000)}
     finally:
         await a.close()

@@ -179,9 +179,9 @@ class StatusWriter:
                 if loop.time() - reaped_at >= REAP_S:
                     reaped_at = loop.time()
                     await replay_gone_writers(self.pool)
-            except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            except Exception as exc:  # never let the flusher die (PostgreSQL restarting, a pool in trouble)
                 log.warning(
-                    "writing running status failed (retried; replayed from history if this process dies): %s", exc
+                    "writing running status failed (retried; replayed from history if this process dies): %r", exc
                 )
 
     async def close(self, flush: bool = True) -> None:
@@ -198,9 +198,10 @@ class StatusWriter:
             try:
                 await self.flush()
                 await self.pool.execute("DELETE FROM running_status_writers WHERE writer=$1", self.key)
-            except (asyncpg.PostgresError, OSError) as exc:  # the row stays: a reaper replays it
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:  # the row stays for a reaper
                 log.warning("final running-status flush failed: %s", exc)
-            await self._lock_con.close()
+            with contextlib.suppress(asyncpg.InterfaceError, OSError):
+                await self._lock_con.close()
         else:
             self._lock_con.terminate()
         self._lock_con = None
