@@ -12,7 +12,14 @@ import struct
 
 log = logging.getLogger("iotgate")
 
-LENGTH = struct.Struct(">I")  # a frame's length prefix
+_LENGTH = struct.Struct(">I")  # a frame's length prefix
+
+
+def frame(body: bytes) -> bytes:
+    """A frame on the wire: the body's length, then the body."""
+    return _LENGTH.pack(len(body)) + body
+
+
 MAX_FRAME = 256 * 1024 * 1024  # sanity bound, far above what either link sends in one frame
 
 
@@ -36,7 +43,7 @@ class FramedProtocol(asyncio.Protocol):
         start, end = 0, len(source)
         with memoryview(source) as view:
             while end - start >= 4 and not (self.transport is not None and self.transport.is_closing()):
-                (size,) = LENGTH.unpack_from(view, start)
+                (size,) = _LENGTH.unpack_from(view, start)
                 if size > MAX_FRAME:
                     log.error("%s: frame of %d bytes refused; closing", type(self).__name__, size)
                     assert self.transport is not None
@@ -57,7 +64,7 @@ class FramedProtocol(asyncio.Protocol):
 
     def send(self, body: bytes) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(LENGTH.pack(len(body)) + body)
+            self.transport.write(frame(body))
 
     def frame_received(self, frame: memoryview) -> None:
         raise NotImplementedError

@@ -32,7 +32,7 @@ EAGER_BATCH = 16  # reports of one loop pass after which a commit starts at once
 # reports per pass) batches of 2-3 were common. 1 ms, alternated alink-post runs: CPU per report
 # -20 %, p99 13.1-14.6 -> 11.6-12.6 ms, same throughput (docs/benchmarks.md, section 15). 2 ms, with
 # device workers keeping one small frame out (ingest/remote.py): paced 1.8k reports/s, 3.3 -> 5.2
-# reports per commit, main-process CPU per report -29 %, p99 +2-3 ms (section 16).
+# reports per commit, main-process CPU per report -29 %, p99 +2-3 ms (section 17).
 SMALL_BATCH_WAIT_S = 0.002
 
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import msgspec
 
-from iotgate.framing import LENGTH, FramedProtocol
+from iotgate.framing import FramedProtocol, frame
 from iotgate.ingest.pipeline import EAGER_BATCH, Ingestor, OutboxSource, ShuttingDown
 from iotgate.storage.base import Record
 
@@ -41,7 +41,7 @@ CommitHook = Callable[[list[Record]], None]
 # (median 9.7k vs 10.0k msgs/s over six interleaved pairs; docs/benchmarks.md). The second frame is
 # only for a busy pass (EAGER_BATCH records): a trickle of a few records per pass (light load, a new
 # TLS connection per report) waits for the answer instead of sending a frame - and waking the main
-# process - per pass. Paced 1.8k reports/s (docs/benchmarks.md, section 16): with the longer
+# process - per pass. Paced 1.8k reports/s (docs/benchmarks.md, section 17): with the longer
 # small-batch wait, context switches per report 3.0 -> 1.9 (main) and 1.6 -> 1.2 (workers).
 MAX_INFLIGHT = 2
 FRAME_RECORDS = 1000  # a frame is sent at this size even while others are out
@@ -135,7 +135,7 @@ class _HubConnection(FramedProtocol):
         if not self._answers:
             # after the other done-callbacks of the same commit, which run in this pass
             asyncio.get_running_loop().call_soon(self._send_answers)
-        self._answers.append(LENGTH.pack(len(body)) + body)
+        self._answers.append(frame(body))
 
     def _send_answers(self) -> None:
         answers, self._answers = self._answers, []
