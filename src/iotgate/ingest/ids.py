@@ -35,6 +35,11 @@ class MessageIds:
         return (self._last_ms << (NODE_BITS + SEQ_BITS)) | self._node | self._seq
 
 
+def first_id_at(ms: int) -> int:
+    """The smallest message ID made at or after a time (ms since the Unix epoch): IDs grow with time."""
+    return max(ms - EPOCH_MS, 0) << (NODE_BITS + SEQ_BITS)
+
+
 def id_time_ms(message_id: int) -> int:
     """When a message ID was made (ms since the Unix epoch)."""
     return (message_id >> (NODE_BITS + SEQ_BITS)) + EPOCH_MS

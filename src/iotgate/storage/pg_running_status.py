@@ -30,19 +30,17 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import Iterator
 
 import asyncpg
 import msgspec
 
 from iotgate.clock import now_ms
-from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS, id_time_ms
+from iotgate.ingest.ids import first_id_at
 from iotgate.storage.base import Record
-from iotgate.storage.running_status import LatestRow, RunningStatus
+from iotgate.storage.running_status import LatestRow, RunningStatus, history_record
 
 log = logging.getLogger("iotgate.storage")
 _json_encode = msgspec.json.encode
-_json_decode = msgspec.json.decode
 
 LOCK_WRITER_CLASS = 0x696F_7468  # with the writer's key: pg_advisory_lock(int, int)
 ARRIVAL_SLACK_MS = 5000  # a report may wait this long between arrival and its commit and still be replayed
@@ -63,9 +61,14 @@ UPSERT_SEEN = (
 )
 
 
-def first_id_at(ms: int) -> int:
-    """The smallest message ID made at or after a time (ms since the Unix epoch)."""
-    return max(ms - EPOCH_MS, 0) << (NODE_BITS + SEQ_BITS)
+async def write_folded(con: asyncpg.Connection, records: list[Record]) -> set[int]:
+    """Upsert the newest value per device and property, and last-seen times, of some records;
+    returns the devices whose values were written."""
+    status = RunningStatus()
+    status.fold(records)
+    devices = set(status.dirty_latest)
+    await write_status(con, status.begin_flush(), list(status.flushing_seen.items()))
+    return devices
 
 
 async def write_status(con: asyncpg.Connection, latest: list[LatestRow], seen: list[tuple[int, int]]) -> None:
@@ -236,10 +239,7 @@ async def _replay_since(con: asyncpg.Connection, covered_from: int) -> int:
         REPLAY_ROWS,
     ):
         after = rows[-1][0]
-        status = RunningStatus()
-        status.fold(list(_records(rows)))
-        devices.update(status.dirty_latest)
-        await write_status(con, status.begin_flush(), list(status.flushing_seen.items()))
+        devices |= await write_folded(con, [history_record(*row) for row in rows])
     seen = await con.fetch(
         "SELECT device_id, MAX(received_at) FROM messages WHERE message_id >= $1 AND kind != 'rejected' "
         "GROUP BY device_id",
@@ -247,15 +247,3 @@ async def _replay_since(con: asyncpg.Connection, covered_from: int) -> int:
     )
     await write_status(con, [], [(r[0], r[1]) for r in seen])
     return len(devices | {r[0] for r in seen})
-
-
-def _records(rows: list[asyncpg.Record]) -> Iterator[Record]:
-    for message_id, device, ts, data in rows:
-        yield Record(
-            message_id=message_id,
-            device_id=device,
-            kind="property",
-            ts=ts,
-            received_at=id_time_ms(message_id),
-            values=_json_decode(data),
-        )

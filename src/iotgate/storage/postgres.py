@@ -58,8 +58,8 @@ from iotgate.storage.base import (
     Storage,
 )
 from iotgate.storage.migrations import MIGRATIONS, render
-from iotgate.storage.pg_running_status import StatusWriter, replay_gone_writers, write_status
-from iotgate.storage.running_status import RunningStatus, overlay_latest, overlay_seen
+from iotgate.storage.pg_running_status import StatusWriter, replay_gone_writers, write_folded
+from iotgate.storage.running_status import overlay_latest, overlay_seen
 from iotgate.storage.sqlite import history_and_messages
 
 log = logging.getLogger("iotgate.storage")
@@ -685,13 +685,10 @@ class PostgresStorage(ForwardPostgres, Storage):
     async def _write_batch_with_status(self, records: list[Record], outbox: OutboxBatch | None) -> None:
         """running_status_flush_s = 0: latest values and device_seen upserted in the batch's transaction."""
         history, messages = history_and_messages(records)
-        status = RunningStatus()  # the batch's newest value per device and property
-        status.fold(records)
-        latest, seen = status.begin_flush(), list(status.flushing_seen.items())
 
         async def run(con: asyncpg.Connection) -> None:
             await self._write_rows(con, history, messages, outbox)
-            await write_status(con, latest, seen)
+            await write_folded(con, records)
 
         await self._tx(run)
 

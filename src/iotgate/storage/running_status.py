@@ -17,10 +17,26 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
+from iotgate.ingest.ids import id_time_ms
 from iotgate.storage.base import Record
 
 LatestEntry = tuple[Any, int, int]  # (value, ts, message_id)
 LatestRow = tuple[int, str, Any, int, int]  # (device_id, identifier, value, ts, message_id)
+
+
+def history_record(message_id: int, device_id: int, ts: int, data: str | bytes) -> Record:
+    """A `history` row as the property report it stored, received when its message ID was made:
+    what crash replay folds back into the running status."""
+    return Record(
+        message_id=message_id,
+        device_id=device_id,
+        kind="property",
+        ts=ts,
+        received_at=id_time_ms(message_id),
+        values=msgspec.json.decode(data),
+    )
 
 
 class RunningStatus:

@@ -23,7 +23,7 @@ from iotgate.auth.secretbox import SecretBox
 from iotgate.clock import now_ms
 from iotgate.forward.rows import OutboxBatch
 from iotgate.forward.store_sqlite import ForwardSqlite, write_outbox
-from iotgate.ingest.ids import EPOCH_MS, NODE_BITS, SEQ_BITS
+from iotgate.ingest.ids import first_id_at
 from iotgate.storage.base import (
     AUDIT_COLS,
     DEVICE_COLS,
@@ -47,7 +47,7 @@ from iotgate.storage.base import (
 from iotgate.storage.history_index import MIGRATION as HISTORY_INDEX_MIGRATION
 from iotgate.storage.history_index import PROPERTY_HISTORY, HistoryIndex, newest_rowid
 from iotgate.storage.migrations import MIGRATIONS, render
-from iotgate.storage.running_status import RunningStatus, overlay_latest, overlay_seen
+from iotgate.storage.running_status import RunningStatus, history_record, overlay_latest, overlay_seen
 
 T = TypeVar("T")
 log = logging.getLogger("iotgate.storage")
@@ -666,24 +666,11 @@ class SqliteStorage(ForwardSqlite, Storage):
             history, messages = newest_rowid(con, "history"), newest_rowid(con, "messages")
             self._tx(con, lambda c: self._set_watermarks(c, history, messages))
             return
-        for device, ts, data, message_id in con.execute(
-            f"SELECT device_id, ts, data, message_id FROM history WHERE {column} > ? ORDER BY {column}",
+        for row in con.execute(
+            f"SELECT message_id, device_id, ts, data FROM history WHERE {column} > ? ORDER BY {column}",
             (int(marks[f"{prefix}:history"]),),
         ):
-            values = _json_decode(data)
-            received = (message_id >> (NODE_BITS + SEQ_BITS)) + EPOCH_MS  # a message ID holds its receive time
-            self._status.fold(
-                [
-                    Record(
-                        message_id=message_id,
-                        device_id=device,
-                        kind="property",
-                        ts=ts,
-                        received_at=received,
-                        values=values,
-                    )
-                ]
-            )
+            self._status.fold([history_record(*row)])
         for device, received in con.execute(
             f"SELECT device_id, received_at FROM messages WHERE {column} > ? AND kind != 'rejected'",
             (int(marks.get(f"{prefix}:messages", 0)),),
@@ -757,7 +744,7 @@ class SqliteStorage(ForwardSqlite, Storage):
     async def expire_step(self, cutoff_ms: int, max_rows: int) -> tuple[int, bool]:
         """Delete at most about max_rows old rows in one short write transaction, so ingest batches
         queued on the writer thread wait for one small step at most."""
-        first_live_id = max(0, cutoff_ms - EPOCH_MS) << (NODE_BITS + SEQ_BITS)  # message IDs grow with time
+        first_live_id = first_id_at(cutoff_ms)
 
         def run(c: sqlite3.Connection) -> tuple[int, bool]:
             deleted = c.execute(
