@@ -11,7 +11,7 @@ Python's `ssl` has no call for it. `BIO_set_mem_buf()` (`BIO_ctrl(bio, BIO_C_SET
 BIO_CLOSE, buf)`, public API) installs a new, empty `BUF_MEM` and frees the old one with its data;
 it is done only while the BIO holds no bytes, so nothing is lost, and the BIO grows again on its
 next write. OpenSSL is reached through ctypes on the library the `_ssl` extension is linked to (a
-dlopen handle of `_ssl` resolves symbols in its own dependencies first; the version is checked),
+dlopen handle of `_ssl` resolves symbols in its own dependencies first; the version is checked; openssl_ctypes.py),
 at the `BIO *` that CPython's `PySSLMemoryBIO` keeps right after its object header. That layout is
 verified once per process on a probe BIO (OpenSSL reports it as a memory BIO holding exactly the
 bytes Python wrote, and it still works after a release). If anything does not fit (another Python
@@ -24,9 +24,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import ssl
-import sys
 from collections.abc import Callable
 from functools import cache
+
+from iotgate.gateway.openssl_ctypes import object_pointer, openssl
 
 log = logging.getLogger("iotgate.gateway")
 
@@ -34,26 +35,16 @@ _BIO_TYPE_MEM = 1 | 0x0400  # BIO_TYPE_MEM: BIO_TYPE_SOURCE_SINK | 1
 _BIO_CTRL_PENDING = 10
 _BIO_C_SET_BUF_MEM = 114
 _BIO_CLOSE = 1  # the BIO owns (and frees) the BUF_MEM it is given
-_POINTER_OFFSET = object.__basicsize__  # PySSLMemoryBIO: PyObject_HEAD, then `BIO *bio`
-
-
-def _bio_pointer(bio: ssl.MemoryBIO) -> int:
-    return ctypes.c_void_p.from_address(id(bio) + _POINTER_OFFSET).value or 0
 
 
 def _load() -> ctypes.CDLL | None:
-    import _ssl
-
-    if sys.implementation.name != "cpython":
+    """OpenSSL with the BIO calls used here typed."""
+    lib = openssl()
+    if lib is None:
         return None
     try:
-        lib = ctypes.CDLL(_ssl.__file__)
-        functions = (lib.OpenSSL_version_num, lib.BUF_MEM_new, lib.BIO_ctrl, lib.BIO_method_type)
-    except (OSError, AttributeError):
-        return None
-    version, buf_mem_new, bio_ctrl, method_type = functions
-    version.restype, version.argtypes = ctypes.c_ulong, []
-    if version() != ssl.OPENSSL_VERSION_NUMBER:  # not the OpenSSL the ssl module uses
+        buf_mem_new, bio_ctrl, method_type = lib.BUF_MEM_new, lib.BIO_ctrl, lib.BIO_method_type
+    except AttributeError:
         return None
     buf_mem_new.restype, buf_mem_new.argtypes = ctypes.c_void_p, []
     bio_ctrl.restype = ctypes.c_long
@@ -76,7 +67,7 @@ def _verified(lib: ctypes.CDLL, release: Callable[[int], bool]) -> bool:
     """Whether the pointer read from a MemoryBIO is its BIO, and a release keeps it working."""
     probe = ssl.MemoryBIO()
     probe.write(b"iotgate" * 100)
-    pointer = _bio_pointer(probe)
+    pointer = object_pointer(probe)
     if not pointer or lib.BIO_method_type(pointer) != _BIO_TYPE_MEM:
         return False
     if lib.BIO_ctrl(pointer, _BIO_CTRL_PENDING, 0, None) != probe.pending:
@@ -108,5 +99,5 @@ def release(bio: ssl.MemoryBIO) -> bool:
     releaser = _releaser()
     if releaser is None or bio.pending or type(bio) is not ssl.MemoryBIO:
         return False
-    pointer = _bio_pointer(bio)
+    pointer = object_pointer(bio)
     return bool(pointer) and releaser(pointer)

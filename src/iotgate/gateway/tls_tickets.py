@@ -9,7 +9,7 @@ the certificate parsing and signature check). nginx shares one key set between i
 The main process makes the keys (random, in memory only, for its lifetime, as OpenSSL's own
 are for a context's) and hands them to each worker it spawns, which installs them with
 `SSL_CTX_set_tlsext_ticket_keys`. Python's `ssl` module has no call for it, so it is reached
-through ctypes on the libssl that `_ssl` itself is linked to, after checking that the pointer
+through ctypes on the OpenSSL that `_ssl` itself is linked to (openssl_ctypes.py), after checking that the pointer
 taken from the `SSLContext` object is that context's `SSL_CTX` (its options and verify mode read
 back through libssl match what Python reports). If anything does not fit (another Python
 implementation, a statically linked OpenSSL), the keys are not installed and each worker keeps
@@ -22,8 +22,9 @@ import ctypes
 import logging
 import os
 import ssl
-import sys
 from functools import cache
+
+from iotgate.gateway.openssl_ctypes import object_pointer, openssl
 
 log = logging.getLogger("iotgate.gateway")
 
@@ -39,26 +40,9 @@ def new_ticket_keys() -> bytes:
 
 @cache
 def _libssl() -> ctypes.CDLL | None:
-    """The libssl `_ssl` uses: the one already mapped into this process (dlopen returns it)."""
-    import _ssl
-
-    if sys.implementation.name != "cpython":
-        return None
-    paths = []
-    try:
-        with open("/proc/self/maps") as maps:
-            for line in maps:
-                path = line.rsplit(" ", 1)[-1].strip()
-                if "/libssl" in path and path not in paths:
-                    paths.append(path)
-    except OSError:
-        return None
-    if len(paths) != 1:  # none: OpenSSL linked into _ssl statically; several: cannot tell which
-        log.debug("TLS ticket keys: libssl mappings %s (_ssl at %s)", paths, _ssl.__file__)
-        return None
-    lib = ctypes.CDLL(paths[0])
-    lib.OpenSSL_version_num.restype = ctypes.c_ulong
-    if lib.OpenSSL_version_num() != ssl.OPENSSL_VERSION_NUMBER:
+    """OpenSSL with the SSL_CTX calls used here typed."""
+    lib = openssl()
+    if lib is None:
         return None
     lib.SSL_CTX_get_options.restype = ctypes.c_uint64
     lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
@@ -71,7 +55,7 @@ def _libssl() -> ctypes.CDLL | None:
 
 def _ssl_ctx(context: ssl.SSLContext, lib: ctypes.CDLL) -> int | None:
     """The `SSL_CTX *` of `context`: CPython's PySSLContext holds it right after the object header."""
-    pointer = ctypes.c_void_p.from_address(id(context) + object.__basicsize__).value
+    pointer = object_pointer(context)
     if not pointer:
         return None
     if lib.SSL_CTX_get_options(pointer) != context.options:
